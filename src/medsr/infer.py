@@ -1,10 +1,16 @@
 """Tiled, blended inference: any image size, bounded memory, no seams.
 
-Each tile is run with extra context around it (discarded afterwards), and neighbouring tiles
-overlap; in the overlap, outputs are blended with linear ramps that sum to one. The context keeps
-the network's view of each pixel close to what it sees in one whole-image pass, and the ramps
-spread what difference remains, so a tiled result matches the whole-image result to within a
-grey level (tested on the real x4plus weights).
+The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), because they differ:
+
+- The trunk does 97% of the work at LR resolution and sees ~350 LR pixels around each output
+  pixel. It runs on large tiles, each with extra context around it that is discarded, and
+  neighbouring tiles overlap; in the overlap, outputs are blended with linear ramps that sum to
+  one. Images that fit the memory budget (about 800x800 LR with the default 2 GiB) are one tile,
+  identical to a whole-image pass; larger ones match it to within a grey level (tested on the real
+  x4plus weights).
+- The head upsamples x4 and holds most of the memory (64-channel maps at output resolution), but
+  sees under 2 feature pixels. It runs on strips of each trunk tile with a 2-pixel margin, which
+  is exact: strips cost memory bounds and no accuracy.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from torch.nn import functional as F
 
 from medsr.nets.rrdbnet import RRDBNet
 
-# Peak memory of one x4plus forward pass per LR pixel in fp32, measured with
-# benchmarks/bench_memory.py (about 14 KiB; most of it is 64-channel maps at x4 resolution).
-BYTES_PER_LR_PIXEL = 16 * 1024
-DEFAULT_CONTEXT = 24  # LR pixels of extra input on each inner tile side
-DEFAULT_OVERLAP = 16  # LR pixels over which neighbouring tiles are blended
+# Peak memory per feature pixel of the x4plus trunk and head in fp32, measured with
+# benchmarks/bench_memory.py and rounded up.
+TRUNK_BYTES_PER_PIXEL = 3 * 1024
+HEAD_BYTES_PER_PIXEL = 16 * 1024
+HEAD_CONTEXT = 2  # feature pixels: the head's reach (four 3x3 convs at x2 and x4) is under 2
+DEFAULT_CONTEXT = 64  # LR pixels of extra trunk input on each inner tile side
+DEFAULT_OVERLAP = 32  # LR pixels over which neighbouring trunk tiles are blended
+DEFAULT_CPU_BUDGET = 2 << 30
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -49,29 +58,27 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def auto_tile(device: torch.device, dtype: torch.dtype, *, budget_bytes: int | None = None) -> int:
-    """Largest tile (LR pixels per side, context included) whose activations fit the budget.
-
-    Default budget: 2 GiB on CPU; half the free memory on CUDA.
-    """
-    if budget_bytes is None:
-        if device.type == "cuda":
-            budget_bytes = torch.cuda.mem_get_info(device)[0] // 2
-        else:
-            budget_bytes = 2 << 30
-    per_pixel = BYTES_PER_LR_PIXEL * (2 if dtype == torch.float32 else 1) // 2
-    side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * DEFAULT_CONTEXT
-    return max(64, min(2048, side // 8 * 8))
+def memory_budget(device: torch.device) -> int:
+    """Bytes the activations may use: 2 GiB on CPU, half the free memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return DEFAULT_CPU_BUDGET
 
 
-def _spans(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
+def auto_tile(budget_bytes: int, dtype: torch.dtype = torch.float32, *, context: int = DEFAULT_CONTEXT) -> int:
+    """Largest trunk tile side (LR pixels, context excluded) whose activations fit the budget."""
+    per_pixel = TRUNK_BYTES_PER_PIXEL * torch.finfo(dtype).bits // 32
+    side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * context
+    return max(64, side // 8 * 8)
+
+
+def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """Cover [0, length) with tiles of size ``tile`` overlapping by at least ``overlap``."""
     if tile >= length:
         return [(0, length)]
     count = math.ceil((length - overlap) / (tile - overlap))
-    starts = np.linspace(0, length - tile, count)
-    starts = [int(round(s / multiple)) * multiple for s in starts]
-    return [(s, min(s + tile, length)) for s in starts]
+    starts = np.linspace(0, length - tile, count).round().astype(int)
+    return [(int(s), int(s) + tile) for s in starts]
 
 
 def _ramps(spans: list[tuple[int, int]], length: int, scale: int) -> list[torch.Tensor]:
@@ -88,6 +95,17 @@ def _ramps(spans: list[tuple[int, int]], length: int, scale: int) -> list[torch.
     return [w / total[start * scale : stop * scale] for (start, stop), w in zip(spans, weights)]
 
 
+def _head_in_strips(net: RRDBNet, feat: torch.Tensor, rows: tuple[int, int], strip: int) -> torch.Tensor:
+    """Run the head on ``feat`` rows [rows[0], rows[1]) in strips; exact thanks to HEAD_CONTEXT."""
+    outputs = []
+    for top in range(rows[0], rows[1], strip):
+        bottom = min(top + strip, rows[1])
+        y0, y1 = max(top - HEAD_CONTEXT, 0), min(bottom + HEAD_CONTEXT, feat.shape[2])
+        sr = net.head(feat[:, :, y0:y1]).float()
+        outputs.append(sr[:, :, (top - y0) * 4 : (bottom - y0) * 4])
+    return torch.cat(outputs, 2)
+
+
 def upscale_tensor(
     net: RRDBNet,
     lq: torch.Tensor,
@@ -97,6 +115,7 @@ def upscale_tensor(
     overlap: int = DEFAULT_OVERLAP,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    budget_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``lq`` with ``net``, tile by tile.
@@ -105,8 +124,9 @@ def upscale_tensor(
         lq: float32, shape (C, H, W), range [0, 1], on the CPU. C = 3, or 1 for gray: the network
             sees the gray channel replicated, and its three outputs are averaged back to one
             (equal weights, so no tint and no bias towards a colour).
-        tile: tile side in LR pixels (without context); None chooses it from a memory budget;
-            0 disables tiling.
+        tile: trunk tile side in LR pixels (context excluded); None chooses it from the memory
+            budget; 0 runs the trunk on the whole image.
+        budget_bytes: memory for activations; default 2 GiB on CPU, half the free memory on CUDA.
         progress: called as ``progress(done, total)`` after each tile.
 
     Returns:
@@ -114,36 +134,42 @@ def upscale_tensor(
     """
     device = pick_device(device)
     dtype = pick_precision(precision, device)
+    budget = budget_bytes or memory_budget(device)
     if tile is None:
-        tile = auto_tile(device, dtype)
+        tile = auto_tile(budget, dtype, context=context)
     net = net.to(device, memory_format=torch.channels_last).eval()
-    scale, multiple = net.scale, 4 // net.scale
+    unshuffle = net.unshuffle  # LR pixels per feature pixel, per side
     channels, height, width = lq.shape
-    # Pixel-unshuffle needs sizes divisible by ``multiple``: pad by reflection, crop afterwards.
-    pad_h, pad_w = -height % multiple, -width % multiple
+    # Pixel-unshuffle needs sizes divisible by ``unshuffle``: pad by replication, crop afterwards.
+    pad_h, pad_w = -height % unshuffle, -width % unshuffle
     if pad_h or pad_w:
         lq = F.pad(lq[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    full_h, full_w = lq.shape[1:]
-    tile = full_h + full_w if tile <= 0 else max(tile // multiple * multiple, 2 * overlap, multiple)
-    context = math.ceil(context / multiple) * multiple
-    rows, cols = _spans(full_h, tile, overlap, multiple), _spans(full_w, tile, overlap, multiple)
-    row_w, col_w = _ramps(rows, full_h, scale), _ramps(cols, full_w, scale)
-    out = torch.zeros(channels, full_h * scale, full_w * scale)
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    )
+    # From here on, sizes are in feature pixels; each gives 4 x 4 output pixels.
+    feat_h, feat_w = lq.shape[1] // unshuffle, lq.shape[2] // unshuffle
+    tile_f = feat_h + feat_w if tile <= 0 else max(tile // unshuffle, 8)
+    context_f, overlap_f = math.ceil(context / unshuffle), min(math.ceil(overlap / unshuffle), tile_f // 2)
+    rows, cols = _spans(feat_h, tile_f, overlap_f), _spans(feat_w, tile_f, overlap_f)
+    row_w, col_w = _ramps(rows, feat_h, 4), _ramps(cols, feat_w, 4)
+    out = torch.zeros(channels, feat_h * 4, feat_w * 4)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     done, total = 0, len(rows) * len(cols)
     with torch.inference_mode(), autocast:
         for (top, bottom), wy in zip(rows, row_w):
             for (left, right), wx in zip(cols, col_w):
-                y0, y1 = max(top - context, 0), min(bottom + context, full_h)
-                x0, x1 = max(left - context, 0), min(right + context, full_w)
-                patch = lq[None, :, y0:y1, x0:x1].to(device).contiguous(memory_format=torch.channels_last)
-                sr = net(patch.expand(-1, net.num_in_ch, -1, -1))[0].float()
+                y0, y1 = max(top - context_f, 0), min(bottom + context_f, feat_h)
+                x0, x1 = max(left - context_f, 0), min(right + context_f, feat_w)
+                patch = lq[None, :, y0 * unshuffle : y1 * unshuffle, x0 * unshuffle : x1 * unshuffle]
+                patch = patch.to(device).expand(-1, net.num_in_ch, -1, -1)
+                feat = net.trunk(patch.contiguous(memory_format=torch.channels_last))
+                # Keep the core plus the head's margin, then upsample in strips that fit the budget.
+                fx0, fx1 = max(left - HEAD_CONTEXT, x0), min(right + HEAD_CONTEXT, x1)
+                feat = feat[:, :, :, fx0 - x0 : fx1 - x0]
+                strip = max(1, budget // (HEAD_BYTES_PER_PIXEL * feat.shape[3]))
+                sr = _head_in_strips(net, feat, (top - y0, bottom - y0), strip)[0]
+                sr = sr[:, :, (left - fx0) * 4 : (right - fx0) * 4]
                 sr = sr.mean(0, keepdim=True).cpu() if channels == 1 else sr.cpu()
-                sr = sr[:, (top - y0) * scale : (bottom - y0) * scale, (left - x0) * scale : (right - x0) * scale]
-                out[:, top * scale : bottom * scale, left * scale : right * scale] += sr * wy[:, None] * wx
+                out[:, top * 4 : bottom * 4, left * 4 : right * 4] += sr * wy[:, None] * wx
                 done += 1
                 if progress:
                     progress(done, total)
-    return out[:, : height * scale, : width * scale].clamp_(0, 1)
+    return out[:, : height * net.scale, : width * net.scale].clamp_(0, 1)

@@ -254,7 +254,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
 def _write_pillow(path: Path, image: Image, fmt: str) -> None:
     if image.bit_depth > 8 and fmt != "PNG":
-        raise ImageError(f"{path}: {fmt} holds 8 bits per sample; write 16-bit images as .png or .tif")
+        raise ImageError(f"{fmt} holds 8 bits per sample; write 16-bit images as .png or .tif")
     array = image.to_array()
     if image.bit_depth > 8:  # 16-bit gray PNG without alpha; colour 16-bit goes through pypng
         pil = PILImage.fromarray(array.astype(np.uint16))
@@ -288,7 +288,7 @@ def _write_tiff(path: Path, image: Image) -> None:
 
 def _write_pnm(path: Path, image: Image) -> None:
     if image.alpha is not None:
-        raise ImageError(f"{path}: PGM/PPM cannot hold an alpha channel; write .png or .tif")
+        raise ImageError("PGM/PPM cannot hold an alpha channel; write .png or .tif")
     array = image.to_array()
     magic = b"P5" if image.is_gray else b"P6"
     height, width = array.shape[:2]
@@ -329,7 +329,11 @@ def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> N
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
-        writer(Path(tmp), image)
+        try:
+            writer(Path(tmp), image)
+        except Exception as exc:  # name the target, not the temporary file
+            reason = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+            raise ImageError(f"{path}: cannot write ({reason})") from None
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

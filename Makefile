@@ -1,0 +1,37 @@
+# Everything runs from a local virtual environment; `make test` and `make demo` set it up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch (the registry's default build is CUDA, several GB). Override with
+# `make setup TORCH=torch` to take whatever build pip picks.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/medsr weights fetch realesrgan-x4plus
+	$(BIN)/medsr upscale examples -o out/demo --overwrite
+	$(BIN)/python examples/make_figure.py examples/fundus_hrf_01_h_lr.png out/demo/fundus_hrf_01_h_lr.png \
+		--box 80,40,48,48 -o out/demo/comparison-fundus.png
+	$(BIN)/python examples/make_figure.py examples/cxr_00000404_000_lr.png out/demo/cxr_00000404_000_lr.png \
+		--box 60,40,64,64 -o out/demo/comparison-cxr.png
+
+bench: setup
+	$(BIN)/python benchmarks/bench_upscale.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,57 @@
+"""Side-by-side figure: LR (pixel-repeated) | bicubic | model output, whole image and a magnified region.
+
+Usage: python examples/make_figure.py LR_IMAGE SR_IMAGE -o FIGURE.png [--box X,Y,W,H] [--label NAME]
+(the box is in LR pixels; default: the centre quarter).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medsr.io import quantize, read_image
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    array = quantize(np.moveaxis(pixels, 0, 2), 255)
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).convert("RGB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lr", type=Path)
+    parser.add_argument("sr", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--box", default=None, help="X,Y,W,H of the magnified region in LR pixels")
+    parser.add_argument("--label", default="Real-ESRGAN x4plus")
+    args = parser.parse_args()
+
+    lr, sr = to_pil(read_image(args.lr).pixels), to_pil(read_image(args.sr).pixels)
+    scale = sr.width // lr.width
+    x, y, w, h = (int(v) for v in args.box.split(",")) if args.box else (
+        lr.width // 4, lr.height // 4, lr.width // 2, lr.height // 2)
+    panels = {
+        "LR (pixels repeated)": lr.resize(sr.size, Image.Resampling.NEAREST),
+        "bicubic": lr.resize(sr.size, Image.Resampling.BICUBIC),
+        args.label: sr,
+    }
+    box = (x * scale, y * scale, (x + w) * scale, (y + h) * scale)
+    tile = sr.width
+    zoom = (tile, round(tile * h / w))
+    figure = Image.new("RGB", (tile * len(panels), 20 + sr.height + zoom[1]), "white")
+    draw = ImageDraw.Draw(figure)
+    for i, (name, panel) in enumerate(panels.items()):
+        figure.paste(panel, (i * tile, 20))
+        figure.paste(panel.crop(box).resize(zoom, Image.Resampling.NEAREST), (i * tile, 20 + sr.height))
+        draw.text((i * tile + 4, 4), name, fill="black")
+        draw.rectangle([i * tile + box[0], 20 + box[1], i * tile + box[2], 20 + box[3]], outline="yellow")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

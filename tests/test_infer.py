@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+
+from medsr.infer import _ramps, _spans, auto_tile, pick_precision, upscale_tensor
+from medsr.io import read_image
+from medsr.nets.rrdbnet import rrdbnet
+
+from .conftest import shared_image
+
+# The tiny preset's receptive field is under 40 LR pixels (2 RRDBs of 15 convs, plus 6 more convs),
+# so tiles with that much context must reproduce the whole-image pass to float rounding.
+TINY_REACH = 40
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (97, 40, 16), (64, 64, 8), (33, 16, 4)])
+def test_spans_cover_and_ramps_sum_to_one(length, tile, overlap):
+    spans = _spans(length, tile, overlap)
+    covered = np.zeros(length, int)
+    for start, stop in spans:
+        covered[start:stop] += 1
+    assert covered.min() >= 1 and spans[0][0] == 0 and spans[-1][1] == length
+    total = torch.zeros(length * 4)
+    for (start, stop), w in zip(spans, _ramps(spans, length, 4)):
+        assert (w > 0).all()
+        total[start * 4 : stop * 4] += w
+    torch.testing.assert_close(total, torch.ones_like(total))
+
+
+@pytest.mark.parametrize("scale, size", [(4, (50, 37)), (2, (45, 62)), (1, (41, 30))])
+def test_tiled_equals_whole_with_full_context(scale, size):
+    torch.manual_seed(0)
+    net = rrdbnet("tiny", scale=scale).eval()
+    lq = torch.rand(3, *size)
+    whole = upscale_tensor(net, lq, tile=0)
+    tiled = upscale_tensor(net, lq, tile=16, context=TINY_REACH, overlap=4)
+    assert whole.shape == (3, size[0] * scale, size[1] * scale)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_short_context_differs_so_the_test_above_can_fail():
+    torch.manual_seed(0)
+    net = rrdbnet("tiny").eval()
+    lq = torch.rand(3, 48, 48)
+    whole = upscale_tensor(net, lq, tile=0)
+    tiled = upscale_tensor(net, lq, tile=16, context=0, overlap=4)
+    assert (tiled - whole).abs().max() > 1e-3
+
+
+def test_gray_input_is_the_mean_of_the_rgb_output(tiny_net):
+    gray = torch.rand(1, 20, 24)
+    out_gray = upscale_tensor(tiny_net, gray, tile=0)
+    with torch.no_grad():
+        expected = tiny_net(gray.expand(3, -1, -1)[None])[0].mean(0).clamp(0, 1)
+    assert out_gray.shape == (1, 80, 96)
+    torch.testing.assert_close(out_gray[0], expected, atol=1e-6, rtol=0)
+
+
+def test_progress_is_reported_per_tile(tiny_net):
+    calls = []
+    upscale_tensor(tiny_net, torch.rand(3, 40, 40), tile=16, overlap=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] == len(calls) >= 4
+
+
+def test_auto_tile_follows_the_budget():
+    small = auto_tile(256 << 20)
+    large = auto_tile(4 << 30)
+    assert 64 <= small < large and small % 8 == 0 and large % 8 == 0
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu) == torch.float32
+    assert pick_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 inference is not supported on CPU"):
+        pick_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        pick_precision("fp8", cpu)
+
+
+@pytest.mark.slow
+def test_tiled_matches_whole_image_on_the_published_model(x4plus):
+    """The seamless-tiling promise with the real weights: at most 1 grey level on 8-bit output."""
+    image = read_image(shared_image("retina/STARE/images/im0004.png"))
+    # A 64x320 strip across vessels: five tiles side by side, each seeing 64 (default) context
+    # pixels, far less than the ~350-pixel reach of the network.
+    lq = torch.from_numpy(image.pixels[:, 260:324, 150:470].copy())
+    whole = upscale_tensor(x4plus, lq, tile=0)
+    tiled = upscale_tensor(x4plus, lq, tile=96)
+    diff = (torch.round(tiled * 255) - torch.round(whole * 255)).abs()
+    assert diff.max() <= 1

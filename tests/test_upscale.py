@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from safetensors.torch import save_file
+
+import medsr
+from medsr.cli import main
+from medsr.io import read_image
+
+from .conftest import random_image
+
+
+@pytest.fixture
+def tiny_model(tmp_path, tiny_net) -> str:
+    path = tmp_path / "tiny.safetensors"
+    save_file(tiny_net.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 1), (np.uint16, 1), (np.uint8, 3), (np.uint16, 4)])
+def test_array_in_array_out_keeps_dtype_and_mode(tiny_net, dtype, channels):
+    lq = random_image(12, 10, channels, dtype).squeeze()
+    sr = medsr.upscale(lq, model=tiny_net)
+    assert sr.dtype == dtype and sr.shape == (48, 40, *lq.shape[2:])
+
+
+def test_outscale_resizes_after_the_network(tiny_net):
+    lq = random_image(12, 10, 3)
+    assert medsr.upscale(lq, model=tiny_net, outscale=2).shape == (24, 20, 3)
+    assert medsr.upscale(lq, model=tiny_net, outscale=1.5).shape == (18, 15, 3)
+    with pytest.raises(ValueError, match="outscale must be positive"):
+        medsr.upscale(lq, model=tiny_net, outscale=-1)
+
+
+def test_constant_alpha_stays_constant(tiny_net):
+    lq = random_image(12, 10, 4)
+    lq[:, :, 3] = 200
+    assert np.all(medsr.upscale(lq, model=tiny_net)[:, :, 3] == 200)
+
+
+def test_float_array_in_float_out(tiny_net):
+    lq = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    sr = medsr.upscale(lq, model=tiny_net)
+    assert sr.dtype == np.float32 and 0 <= sr.min() and sr.max() <= 1
+
+
+def test_16bit_gray_file_round_trip_through_the_cli(tmp_path, tiny_model):
+    lq = random_image(16, 12, 1, np.uint16).squeeze()
+    PILImage.fromarray(lq).save(tmp_path / "cxr16.png")
+    assert main(["upscale", str(tmp_path / "cxr16.png"), "-o", str(tmp_path / "sr.png"), "--model", tiny_model]) == 0
+    out = read_image(tmp_path / "sr.png")
+    assert out.bit_depth == 16 and out.is_gray and out.size == (64, 48)
+    with PILImage.open(tmp_path / "sr.png") as im:
+        assert im.mode == "I;16"  # gray on disk, no colour channels to carry a tint
+
+
+def make_folder(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "a.png")
+    PILImage.fromarray(random_image(8, 8, 1).squeeze()).save(src / "sub" / "b.jpg")
+    (src / "notes.txt").write_text("not an image, ignored")
+    return src
+
+
+def test_folder_in_folder_out(tmp_path, tiny_model, capsys):
+    src = make_folder(tmp_path)
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--outscale", "2"])
+    assert code == 0
+    assert read_image(tmp_path / "out" / "a.png").size == (16, 16)
+    assert read_image(tmp_path / "out" / "sub" / "b.jpg").is_gray
+    assert "upscaled 2 image(s) x2" in capsys.readouterr().out
+
+
+def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):
+    src = make_folder(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"precious")
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "a.png: already exists (use --overwrite" in captured.err
+    assert (tmp_path / "out" / "a.png").read_bytes() == b"precious"
+    assert (tmp_path / "out" / "sub" / "b.jpg").exists()  # the batch went on
+    assert "upscaled 1 image(s)" in captured.out and "1 failed" in captured.out
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--overwrite"]) == 0
+    assert read_image(tmp_path / "out" / "a.png").size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("broken.png", b"\x89PNG\r\n\x1a\n broken", "broken.png: not a PNG file"),
+        ("empty.jpg", b"", "empty.jpg: empty file"),
+    ],
+)
+def test_bad_file_in_a_batch_is_reported_and_skipped(tmp_path, tiny_model, capsys, name, content, message):
+    src = make_folder(tmp_path)
+    (src / name).write_bytes(content)
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model])
+    captured = capsys.readouterr()
+    assert code == 1 and message in captured.err
+    assert (tmp_path / "out" / "a.png").exists() and not (tmp_path / "out" / name).exists()
+
+
+def test_pixel_limit_in_the_cli(tmp_path, tiny_model, capsys):
+    PILImage.fromarray(random_image(40, 40, 3)).save(tmp_path / "big.png")
+    code = main(["upscale", str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "--model", tiny_model,
+                 "--max-pixels", "1000"])
+    assert code == 1 and "big.png: 40x40 = 1,600 pixels exceeds the limit of 1,000" in capsys.readouterr().err
+
+
+def test_output_planning_errors(tmp_path, tiny_model, capsys):
+    src = make_folder(tmp_path)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", tiny_model]) == 1
+    assert "an output file name needs exactly one input file" in capsys.readouterr().err
+    assert main(["upscale", str(src / "a.png"), "-o", str(src / "a.png"), "--model", tiny_model, "--overwrite"]) == 1
+    assert "output would replace the input" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o"), "--model", tiny_model]) == 1
+    assert "missing.png: no such file or folder" in capsys.readouterr().err
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "a.jpg")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o2"), "--model", tiny_model, "--ext", "tif"]) == 1
+    assert "is also the output of" in capsys.readouterr().err
+
+
+def test_bad_model_and_options(tmp_path, capsys):
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
+    (tmp_path / "m.pth").write_bytes(b"junk")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m.pth")]) == 1
+    assert "m.pth: cannot read checkpoint" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--precision", "fp16",
+                 "--device", "cpu"]) == 2
+    assert "fp16 inference is not supported on CPU" in capsys.readouterr().err
+
+
+def test_weights_commands(tmp_path, tiny_model, capsys):
+    assert main(["weights", "list"]) == 0
+    assert "realesrgan-x4plus" in capsys.readouterr().out
+    assert main(["weights", "info", tiny_model]) == 0
+    out = capsys.readouterr().out
+    assert "RRDBNet x4, 2 blocks, 8 features" in out and f"{sum(p.numel() for p in medsr.rrdbnet('tiny').parameters()):,}" in out
+    assert main(["weights", "fetch", "nope"]) == 1
+    assert "nope: not a known model" in capsys.readouterr().err
+
+
+def test_upscale_accepts_a_path_and_returns_an_image(tmp_path, tiny_net):
+    PILImage.fromarray(random_image(8, 6, 3)).save(tmp_path / "a.png")
+    sr = medsr.upscale(tmp_path / "a.png", model=tiny_net)
+    assert isinstance(sr, medsr.Image) and sr.size == (32, 24)
