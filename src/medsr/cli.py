@@ -65,6 +65,10 @@ def run_upscale(args: argparse.Namespace) -> int:
     if ext and ext not in WRITERS:
         _error(f"--ext {args.ext}: cannot write that type (known: {', '.join(WRITERS)})")
         return 2
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
+    if args.outscale is not None and args.outscale <= 0:
+        raise ValueError(f"--outscale {args.outscale}: must be positive")
     pairs, problems = plan_outputs(args.inputs, args.output, ext)
     for problem in problems:
         _error(problem)

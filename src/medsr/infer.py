@@ -5,7 +5,7 @@ The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), beca
 - The trunk does 97% of the work at LR resolution and sees ~350 LR pixels around each output
   pixel. It runs on large tiles, each with extra context around it that is discarded, and
   neighbouring tiles overlap; in the overlap, outputs are blended with linear ramps that sum to
-  one. Images that fit the memory budget (about 800x800 LR with the default 2 GiB) are one tile,
+  one. Images that fit the memory budget (up to 592x592 LR with the default 2 GiB) are one tile,
   identical to a whole-image pass; larger ones match it to within a grey level (tested on the real
   x4plus weights).
 - The head upsamples x4 and holds most of the memory (64-channel maps at output resolution), but
@@ -27,7 +27,7 @@ from medsr.nets.rrdbnet import RRDBNet
 
 # Peak memory per feature pixel of the x4plus trunk and head in fp32, measured with
 # benchmarks/bench_memory.py and rounded up.
-TRUNK_BYTES_PER_PIXEL = 3 * 1024
+TRUNK_BYTES_PER_PIXEL = 4 * 1024
 HEAD_BYTES_PER_PIXEL = 16 * 1024
 HEAD_CONTEXT = 2  # feature pixels: the head's reach (four 3x3 convs at x2 and x4) is under 2
 DEFAULT_CONTEXT = 64  # LR pixels of extra trunk input on each inner tile side
@@ -41,7 +41,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device")
+        raise ValueError(f"device {device} was asked for, but PyTorch sees no CUDA device")
     return device
 
 

@@ -86,7 +86,10 @@ class Image:
 def quantize(values: np.ndarray, max_value: int) -> np.ndarray:
     """Round [0, 1] floats to integers 0..max_value, in uint8 or uint16."""
     dtype = np.uint8 if max_value <= 255 else np.uint16
-    return np.clip(np.rint(values * max_value), 0, max_value).astype(dtype)
+    scaled = np.multiply(values, max_value, dtype=np.float32)
+    np.rint(scaled, out=scaled)  # in place: outputs of 100+ megapixels are common at x4
+    np.clip(scaled, 0, max_value, out=scaled)
+    return scaled.astype(dtype)
 
 
 def _from_integer_hwc(array: np.ndarray, max_value: int, meta: dict) -> Image:
