@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from torch.nn import functional as F
@@ -68,11 +69,11 @@ def main() -> None:
             u = winograd_weight(weight)
             error = (winograd_conv(x.permute(0, 2, 3, 1), u, bias) - F.conv2d(x, weight, bias, padding=1)).abs().max()
             row = [
-                best_ms(lambda: F.conv2d(x, weight, bias, padding=1)),
-                best_ms(lambda: F.conv2d(x_cl, weight, bias, padding=1)),
-                best_ms(lambda: torch._nnpack_spatial_convolution(x, weight, bias, [1, 1]))
+                best_ms(partial(F.conv2d, x, weight, bias, padding=1)),
+                best_ms(partial(F.conv2d, x_cl, weight, bias, padding=1)),
+                best_ms(partial(torch._nnpack_spatial_convolution, x, weight, bias, [1, 1]))
                 if torch.backends.nnpack.is_available() else float("nan"),
-                best_ms(lambda: winograd_conv(x.permute(0, 2, 3, 1), u, bias)),
+                best_ms(partial(winograd_conv, x.permute(0, 2, 3, 1), u, bias)),
             ]
             print(f"{cin:>5d}->{cout:<4d} " + " ".join(f"{t:7.1f}" for t in row[:3]) + f" {row[3]:8.1f}  {error:.1e}")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsr.infer import _ramps, _spans, auto_tile, pick_precision, upscale_tensor
+from medsr.infer import HEAD_BYTES_PER_PIXEL, _ramps, _spans, auto_tile, pick_precision, upscale_tensor
 from medsr.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
 
@@ -21,7 +21,7 @@ def test_spans_cover_and_ramps_sum_to_one(length, tile, overlap):
         covered[start:stop] += 1
     assert covered.min() >= 1 and spans[0][0] == 0 and spans[-1][1] == length
     total = torch.zeros(length * 4)
-    for (start, stop), w in zip(spans, _ramps(spans, length, 4)):
+    for (start, stop), w in zip(spans, _ramps(spans, length, 4), strict=True):
         assert (w > 0).all()
         total[start * 4 : stop * 4] += w
     torch.testing.assert_close(total, torch.ones_like(total))
@@ -36,6 +36,16 @@ def test_tiled_equals_whole_with_full_context(scale, size):
     tiled = upscale_tensor(net, lq, tile=16, context=TINY_REACH, overlap=4)
     assert whole.shape == (3, size[0] * scale, size[1] * scale)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_head_strips_are_exact():
+    torch.manual_seed(0)
+    net = rrdbnet("tiny").eval()
+    lq = torch.rand(3, 30, 26)
+    whole = upscale_tensor(net, lq, tile=0)
+    # A budget that fits 3 feature rows of the head at a time: 10 strips.
+    strips = upscale_tensor(net, lq, tile=0, budget_bytes=HEAD_BYTES_PER_PIXEL * 26 * 3)
+    torch.testing.assert_close(strips, whole, atol=1e-6, rtol=0)
 
 
 def test_short_context_differs_so_the_test_above_can_fail():

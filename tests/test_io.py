@@ -4,6 +4,7 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
+from medsr.image import ReadOptions
 from medsr.io import Image, ImageError, read_image, write_image
 
 from .conftest import random_image, shared_image
@@ -123,10 +124,10 @@ def test_truncated_png_is_reported(tmp_path):
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     PILImage.fromarray(random_image(40, 50, 1).squeeze()).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match=r"big\.png: 50x40 = 2,000 pixels exceeds the limit of 1,999"):
-        read_image(tmp_path / "big.png", max_pixels=1999)
+        read_image(tmp_path / "big.png", ReadOptions(max_pixels=1999))
     tifffile.imwrite(tmp_path / "big.tif", random_image(40, 50, 1, np.uint16).squeeze())
     with pytest.raises(ImageError, match="exceeds the limit"):
-        read_image(tmp_path / "big.tif", max_pixels=1999)
+        read_image(tmp_path / "big.tif", ReadOptions(max_pixels=1999))
 
 
 def test_multipage_and_float_tiffs_are_refused(tmp_path):

@@ -126,7 +126,8 @@ def test_output_planning_errors(tmp_path, tiny_model, capsys):
 def test_bad_model_and_options(tmp_path, capsys):
     PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
     (tmp_path / "m.pth").write_bytes(b"junk")
-    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m.pth")]) == 1
+    bad_model = str(tmp_path / "m.pth")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", bad_model]) == 1
     assert "m.pth: cannot read checkpoint" in capsys.readouterr().err
     assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--precision", "fp16",
                  "--device", "cpu"]) == 2
@@ -138,7 +139,8 @@ def test_weights_commands(tmp_path, tiny_model, capsys):
     assert "realesrgan-x4plus" in capsys.readouterr().out
     assert main(["weights", "info", tiny_model]) == 0
     out = capsys.readouterr().out
-    assert "RRDBNet x4, 2 blocks, 8 features" in out and f"{sum(p.numel() for p in medsr.rrdbnet('tiny').parameters()):,}" in out
+    params = sum(p.numel() for p in medsr.rrdbnet("tiny").parameters())
+    assert "RRDBNet x4, 2 blocks, 8 features" in out and f"{params:,}" in out
     assert main(["weights", "fetch", "nope"]) == 1
     assert "nope: not a known model" in capsys.readouterr().err
 

@@ -102,7 +102,8 @@ def test_x4plus_preset_refuses_a_tiny_checkpoint(tmp_path):
 
 def write_ncnn(net: torch.nn.Module, folder: Path, *, fp16: bool = True) -> tuple[Path, Path]:
     lines, blobs = ["7767517", "0 0", "Input data 0 1 data"], []
-    for i, (name, conv) in enumerate((n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)):
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for i, conv in enumerate(convs):
         w = conv.weight.detach().numpy().ravel()
         lines.append(f"Convolution conv{i} 1 1 in{i} out{i} 0={conv.out_channels} 1=3 4=1 5=1 6={w.size}")
         if fp16:

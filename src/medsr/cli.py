@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from medsr import weights
+from medsr import dicom, weights
+from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions
 from medsr.infer import pick_device, pick_precision
-from medsr.io import DEFAULT_MAX_PIXELS, READERS, WRITERS, ImageError, read_image, write_image
+from medsr.io import WRITERS, ImageError, read_image, reader_for, write_image
 from medsr.upscale import DEFAULT_MODEL, upscale
 
 
@@ -33,7 +33,7 @@ def plan_outputs(inputs: list[Path], out: Path, ext: str | None) -> tuple[list[t
     problems, sources = [], []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in READERS and p.is_file()
+            found = sorted(p for p in item.rglob("*") if p.is_file() and reader_for(p)
                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
             if not found:
                 problems.append(f"{item}: folder holds no image files")
@@ -50,6 +50,8 @@ def plan_outputs(inputs: list[Path], out: Path, ext: str | None) -> tuple[list[t
         target = out if single_file else out / relative
         if ext:
             target = target.with_suffix(ext)
+        elif target.suffix.lower() not in WRITERS:  # a DICOM file named without suffix
+            target = target.with_name(target.name + ".dcm")
         if target.resolve() == source.resolve():
             problems.append(f"{source}: output would replace the input; choose another -o")
         elif target in taken:
@@ -69,18 +71,17 @@ def run_upscale(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None and args.outscale <= 0:
         raise ValueError(f"--outscale {args.outscale}: must be positive")
+    options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window))
     pairs, problems = plan_outputs(args.inputs, args.output, ext)
     for problem in problems:
         _error(problem)
     device = pick_device(args.device)
     dtype = pick_precision(args.precision, device)
     try:
-        path, spec = weights.resolve(args.model)
-        net = weights.load_generator(path, preset=spec.preset if spec else None)
+        net = weights.load_model(args.model)
     except weights.WeightsError as exc:
         _error(str(exc))
         return 1
-    model_name = spec.name if spec else str(path)
     failed, done, start = len(problems), 0, time.perf_counter()
     for source, target in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
         if target.exists() and not args.overwrite:
@@ -88,7 +89,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            image = read_image(source, max_pixels=args.max_pixels)
+            image = read_image(source, options)
             with tqdm(desc=source.name, unit="tile", leave=False) as bar:
                 def progress(n: int, total: int, bar: tqdm = bar) -> None:
                     bar.total = total
@@ -103,13 +104,36 @@ def run_upscale(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     scale = args.outscale or net.scale
     precision = str(dtype).removeprefix("torch.")
-    print(f"upscaled {done} image(s) x{scale:g} with {model_name} on {device.type} ({precision}) "
+    print(f"upscaled {done} image(s) x{scale:g} with {net.name} on {device.type} ({precision}) "
           f"in {seconds:.1f} s; {failed} failed")
     return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------
 # weights
+
+
+def run_info(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            if reader_for(path) is dicom.read_dicom:
+                rows = dicom.describe(path)
+            else:
+                image = read_image(path, ReadOptions(max_pixels=args.max_pixels))
+                height, width = image.size
+                mode = ("gray" if image.is_gray else "RGB") + ("+alpha" if image.alpha is not None else "")
+                rows = [("size", f"{width} x {height}"), ("mode", mode),
+                        ("bits", f"{image.bit_depth} (values 0..{image.max_value})")]
+                rows += [(key, str(image.meta[key])) for key in ("dpi",) if key in image.meta]
+        except ImageError as exc:
+            _error(str(exc))
+            failed += 1
+            continue
+        print(path)
+        for name, value in rows:
+            print(f"  {name + ':':20s} {value}")
+    return 1 if failed else 0
 
 
 def run_weights(args: argparse.Namespace) -> int:
@@ -157,22 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ext", default=None, help="output file type, e.g. png or tif (default: as input)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
+    up.add_argument("--window", default=None, metavar="C,W|voi",
+                    help="DICOM: map this window (modality units) to the model's range, or the file's "
+                         "own (voi); default: the full stored range, exactly invertible")
     up.set_defaults(run=run_upscale)
+
+    info = sub.add_parser("info", help="show what medsr sees in image files (size, bits, DICOM details)")
+    info.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    info.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    info.set_defaults(run=run_info)
 
     wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
     wsub = wt.add_subparsers(dest="action", required=True)
     wsub.add_parser("list", help="known models and where they are")
     fetch = wsub.add_parser("fetch", help="download or convert a known model into the cache")
     fetch.add_argument("model")
-    info = wsub.add_parser("info", help="describe a known model or checkpoint file")
-    info.add_argument("model")
+    winfo = wsub.add_parser("info", help="describe a known model or checkpoint file")
+    winfo.add_argument("model")
     wt.set_defaults(run=run_weights)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         return args.run(args)
     except ValueError as exc:  # invalid option values found after parsing

@@ -66,7 +66,10 @@ def memory_budget(device: torch.device) -> int:
 
 
 def auto_tile(budget_bytes: int, dtype: torch.dtype = torch.float32, *, context: int = DEFAULT_CONTEXT) -> int:
-    """Largest trunk tile side (LR pixels, context excluded) whose activations fit the budget."""
+    """Largest trunk tile side (LR pixels, context excluded) whose activations fit the budget.
+
+    Sized for x4 models, where a feature pixel is an LR pixel; conservative for x2 and x1.
+    """
     per_pixel = TRUNK_BYTES_PER_PIXEL * torch.finfo(dtype).bits // 32
     side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * context
     return max(64, side // 8 * 8)
@@ -90,9 +93,9 @@ def _ramps(spans: list[tuple[int, int]], length: int, scale: int) -> list[torch.
         right = (stop * scale - pos) if stop < length else torch.full_like(pos, math.inf)
         weights.append(torch.minimum(left, right).clamp(max=1e9))
     total = torch.zeros(length * scale)
-    for (start, stop), w in zip(spans, weights):
+    for (start, stop), w in zip(spans, weights, strict=True):
         total[start * scale : stop * scale] += w
-    return [w / total[start * scale : stop * scale] for (start, stop), w in zip(spans, weights)]
+    return [w / total[start * scale : stop * scale] for (start, stop), w in zip(spans, weights, strict=True)]
 
 
 def _head_in_strips(net: RRDBNet, feat: torch.Tensor, rows: tuple[int, int], strip: int) -> torch.Tensor:
@@ -154,8 +157,8 @@ def upscale_tensor(
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     done, total = 0, len(rows) * len(cols)
     with torch.inference_mode(), autocast:
-        for (top, bottom), wy in zip(rows, row_w):
-            for (left, right), wx in zip(cols, col_w):
+        for (top, bottom), wy in zip(rows, row_w, strict=True):
+            for (left, right), wx in zip(cols, col_w, strict=True):
                 y0, y1 = max(top - context_f, 0), min(bottom + context_f, feat_h)
                 x0, x1 = max(left - context_f, 0), min(right + context_f, feat_w)
                 patch = lq[None, :, y0 * unshuffle : y1 * unshuffle, x0 * unshuffle : x1 * unshuffle]

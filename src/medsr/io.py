@@ -4,8 +4,8 @@ The integer range of a file (``max_value``: 255 for 8-bit, 65535 for 16-bit, or 
 is read from the file's header, never guessed from pixel values, and is used again on writing, so
 16-bit in gives 16-bit out. Gray stays one channel; alpha is kept apart from the colour channels.
 
-Readers are chosen by file suffix from ``READERS``; each returns an ``Image``. A new format (DICOM)
-adds a reader and a writer there.
+Readers and writers are chosen by file suffix from ``READERS`` and ``WRITERS``; DICOM files are
+also recognised by their content when they have no suffix (see ``medsr.dicom``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,74 +22,8 @@ import png  # pypng: Pillow reads and writes 16-bit colour PNG as 8-bit only
 import tifffile
 from PIL import Image as PILImage
 
-DEFAULT_MAX_PIXELS = 64_000_000
-
-
-class ImageError(ValueError):
-    """A file cannot be read or written as an image; the message names the file and the reason."""
-
-
-@dataclass(kw_only=True)
-class Image:
-    """Pixels plus what is needed to write them back faithfully.
-
-    Attributes:
-        pixels: float32, shape (C, H, W), C = 1 (gray) or 3 (RGB), range [0, 1].
-        alpha: float32, shape (1, H, W) in [0, 1], or None.
-        max_value: the stored integer that means 1.0 (255, 65535, or a PNM maxval).
-        meta: format details kept for writing (``dpi``, ``icc_profile``), and the source path.
-    """
-
-    pixels: np.ndarray
-    alpha: np.ndarray | None = None
-    max_value: int = 255
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def bit_depth(self) -> int:
-        return 8 if self.max_value <= 255 else 16
-
-    @property
-    def is_gray(self) -> bool:
-        return self.pixels.shape[0] == 1
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width)."""
-        return self.pixels.shape[1], self.pixels.shape[2]
-
-    @classmethod
-    def from_array(cls, array: np.ndarray) -> Image:
-        """Wrap a (H, W) or (H, W, C) uint8/uint16 array, or a float array in [0, 1] (C = 1, 3, 4)."""
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-            raise ImageError(f"array of shape {array.shape}: need (H, W) or (H, W, C) with C in 1..4")
-        if array.dtype == np.uint8 or array.dtype == np.uint16:
-            max_value = np.iinfo(array.dtype).max
-        elif np.issubdtype(array.dtype, np.floating):
-            max_value = 1
-        else:
-            raise ImageError(f"array of dtype {array.dtype}: need uint8, uint16 or float")
-        values = np.moveaxis(array, 2, 0).astype(np.float32) / max_value
-        color, alpha = (values[:-1], values[-1:]) if values.shape[0] in (2, 4) else (values, None)
-        return cls(pixels=color, alpha=alpha, max_value=max(max_value, 255))
-
-    def to_array(self, dtype: np.dtype | None = None) -> np.ndarray:
-        """(H, W) or (H, W, C) array of the stored integer type (or ``dtype``), alpha last."""
-        values = self.pixels if self.alpha is None else np.concatenate([self.pixels, self.alpha])
-        values = np.moveaxis(values, 0, 2)
-        out = quantize(values, self.max_value) if dtype is None else values.astype(dtype)
-        return out[:, :, 0] if out.shape[2] == 1 else out
-
-
-def quantize(values: np.ndarray, max_value: int) -> np.ndarray:
-    """Round [0, 1] floats to integers 0..max_value, in uint8 or uint16."""
-    dtype = np.uint8 if max_value <= 255 else np.uint16
-    scaled = np.multiply(values, max_value, dtype=np.float32)
-    np.rint(scaled, out=scaled)  # in place: outputs of 100+ megapixels are common at x4
-    np.clip(scaled, 0, max_value, out=scaled)
-    return scaled.astype(dtype)
+from medsr import dicom
+from medsr.image import Image, ImageError, ReadOptions, check_pixels
 
 
 def _from_integer_hwc(array: np.ndarray, max_value: int, meta: dict) -> Image:
@@ -101,25 +35,17 @@ def _from_integer_hwc(array: np.ndarray, max_value: int, meta: dict) -> Image:
     return Image(pixels=values, max_value=max_value, meta=meta)
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{path}: empty image ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (raise it with --max-pixels)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Readers
 
 
-def _read_pillow(path: Path, max_pixels: int) -> Image:
+def _read_pillow(path: Path, options: ReadOptions) -> Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
-            _check_pixels(path, im.width, im.height, max_pixels)
+            check_pixels(path, im.width, im.height, options.max_pixels)
             meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
             mode = im.mode
             if mode.startswith("I;16") or mode == "I":
@@ -149,17 +75,17 @@ def _png_bit_depth(path: Path) -> int:
     return head[24]
 
 
-def _read_png(path: Path, max_pixels: int) -> Image:
+def _read_png(path: Path, options: ReadOptions) -> Image:
     if _png_bit_depth(path) != 16:
-        return _read_pillow(path, max_pixels)
+        return _read_pillow(path, options)
     reader = png.Reader(filename=str(path))
     width, height, rows, info = reader.asDirect()
-    _check_pixels(path, width, height, max_pixels)
+    check_pixels(path, width, height, options.max_pixels)
     array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
     return _from_integer_hwc(array, 65535, {})
 
 
-def _read_tiff(path: Path, max_pixels: int) -> Image:
+def _read_tiff(path: Path, options: ReadOptions) -> Image:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape, dtype = series.shape, series.dtype
@@ -169,7 +95,7 @@ def _read_tiff(path: Path, max_pixels: int) -> Image:
             raise ImageError(f"{path}: TIFF of shape {series.shape} is not one 2D gray/RGB(A) image")
         if dtype not in (np.uint8, np.uint16):
             raise ImageError(f"{path}: TIFF sample type {dtype} is unsupported (need uint8 or uint16)")
-        _check_pixels(path, shape[1], shape[0], max_pixels)
+        check_pixels(path, shape[1], shape[0], options.max_pixels)
         array = series.asarray()
     if array.shape != shape:
         array = np.moveaxis(array, 0, 2)
@@ -199,12 +125,12 @@ def _pnm_header(data: bytes, path: Path) -> tuple[bytes, int, int, int, int]:
     return tokens[0], width, height, maxval, pos + 1
 
 
-def _read_pnm(path: Path, max_pixels: int) -> Image:
+def _read_pnm(path: Path, options: ReadOptions) -> Image:
     data = path.read_bytes()
     if data[:2] not in (b"P5", b"P6"):
-        return _read_pillow(path, max_pixels)  # ASCII and bitmap variants
+        return _read_pillow(path, options)  # ASCII and bitmap variants
     magic, width, height, maxval, offset = _pnm_header(data, path)
-    _check_pixels(path, width, height, max_pixels)
+    check_pixels(path, width, height, options.max_pixels)
     if not 0 < maxval <= 65535:
         raise ImageError(f"{path}: maxval {maxval} outside 1..65535")
     planes = 1 if magic == b"P5" else 3
@@ -218,7 +144,9 @@ def _read_pnm(path: Path, max_pixels: int) -> Image:
     return _from_integer_hwc(array.astype(np.uint16 if maxval > 255 else np.uint8), maxval, {})
 
 
-READERS: dict[str, Callable[[Path, int], Image]] = {
+READERS: dict[str, Callable[[Path, ReadOptions], Image]] = {
+    ".dcm": dicom.read_dicom,
+    ".dicom": dicom.read_dicom,
     ".png": _read_png,
     ".jpg": _read_pillow,
     ".jpeg": _read_pillow,
@@ -231,10 +159,18 @@ READERS: dict[str, Callable[[Path, int], Image]] = {
 }
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
-    """Read an image file; raise ImageError naming the file and the problem."""
-    path = Path(path)
+def reader_for(path: Path) -> Callable[[Path, ReadOptions], Image] | None:
+    """The reader for ``path``: by suffix, or DICOM by content for files without a known suffix."""
     reader = READERS.get(path.suffix.lower())
+    if reader is None and path.is_file() and dicom.is_dicom(path):
+        reader = dicom.read_dicom
+    return reader
+
+
+def read_image(path: str | Path, options: ReadOptions | None = None) -> Image:
+    """Read an image file; raise ImageError naming the file and the problem."""
+    path, options = Path(path), options or ReadOptions()
+    reader = reader_for(path)
     if reader is None:
         raise ImageError(f"{path}: unsupported file type {path.suffix!r} (known: {', '.join(READERS)})")
     if not path.is_file():
@@ -242,7 +178,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
     try:
-        image = reader(path, max_pixels)
+        image = reader(path, options)
     except ImageError:
         raise
     except Exception as exc:  # decoders raise many types for corrupt data
@@ -300,6 +236,8 @@ def _write_pnm(path: Path, image: Image) -> None:
 
 
 WRITERS: dict[str, Callable[[Path, Image], None]] = {
+    ".dcm": dicom.write_dicom,
+    ".dicom": dicom.write_dicom,
     ".png": _write_png,
     ".jpg": lambda p, im: _write_pillow(p, im, "JPEG"),
     ".jpeg": lambda p, im: _write_pillow(p, im, "JPEG"),

