@@ -136,6 +136,27 @@ def run_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_degrade_preview(args: argparse.Namespace) -> int:
+    from medsr.figures import degradation_sheet
+
+    if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"{args.output}: write the sheet as .png or .jpg")
+    if args.output.exists() and not args.overwrite:
+        _error(f"{args.output}: already exists (use --overwrite to replace it)")
+        return 1
+    try:
+        image = read_image(args.image)
+    except ImageError as exc:
+        _error(str(exc))
+        return 1
+    sheet = degradation_sheet(image, n=args.n, seed=args.seed, scale=args.scale, crop=args.crop)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.output)
+    print(f"wrote {args.output}: {args.n} degraded samples of a {args.crop}x{args.crop} crop, x{args.scale}, "
+          f"seed {args.seed}")
+    return 0
+
+
 def run_weights(args: argparse.Namespace) -> int:
     if args.action == "list":
         for spec in weights.KNOWN_MODELS.values():
@@ -190,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("files", nargs="+", type=Path, metavar="FILE")
     info.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     info.set_defaults(run=run_info)
+
+    dp = sub.add_parser("degrade-preview", help="sheet of synthetic LR samples from the training degradation")
+    dp.add_argument("image", type=Path, metavar="IMAGE")
+    dp.add_argument("-o", "--output", type=Path, required=True, help="sheet file (.png or .jpg)")
+    dp.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--scale", type=int, default=4, choices=[1, 2, 4])
+    dp.add_argument("--crop", type=int, default=256, help="ground-truth crop side (default 256)")
+    dp.add_argument("--overwrite", action="store_true")
+    dp.set_defaults(run=run_degrade_preview)
 
     wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
     wsub = wt.add_subparsers(dest="action", required=True)
