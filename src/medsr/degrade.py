@@ -178,7 +178,9 @@ class DegradeParams:
         lines = []
         for name, stage in (("1", self.first), ("2", self.second)):
             blur = stage.kernels[index].describe() if stage.blur else "no blur"
-            resize = stage.resize if stage.resize == "keep" else f"{stage.resize} {stage.resize_scale:.2f} {stage.resize_mode}"
+            resize = stage.resize
+            if stage.resize != "keep":
+                resize += f" {stage.resize_scale:.2f} {stage.resize_mode}"
             unit = "s" if stage.noise == "gaussian" else "p"
             gray = " gray" if stage.gray_noise[index] else ""
             lines.append(f"{name}: {blur}; {resize}; {stage.noise[:5]} {unit}={stage.noise_levels[index]:.2f}{gray}")
@@ -226,7 +228,9 @@ def sample_kernel(config: BlurConfig, draw: _Draw) -> KernelParams:
         return KernelParams(family="sinc", size=size, cutoff=draw.uniform(low, math.pi))
     family = FAMILIES[draw.index(config.family_probs)]
     sigma_x = draw.uniform(*config.sigma)
-    sigma_y, theta = (draw.uniform(*config.sigma), draw.uniform(-math.pi, math.pi)) if "aniso" in family else (sigma_x, 0.0)
+    sigma_y, theta = sigma_x, 0.0
+    if "aniso" in family:
+        sigma_y, theta = draw.uniform(*config.sigma), draw.uniform(-math.pi, math.pi)
     beta = 1.0
     if family.startswith("generalized"):
         beta = draw.beta(config.betag)
