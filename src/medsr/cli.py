@@ -157,6 +157,55 @@ def run_degrade_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_finetune(args: argparse.Namespace) -> int:
+    from medsr import config as cfg
+    from medsr.train import config_of, finetune
+
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    if args.val:
+        overrides.append(f"data.val={args.val}")
+    if args.resume:
+        if args.preset or args.config:
+            raise ValueError("--resume continues with the run's stored config; give only --set overrides")
+        stored = cfg.to_dict(config_of(args.output / "latest.pth"))
+        for assignment in overrides:
+            stored = cfg.apply_override(stored, assignment)
+        config = cfg.from_dict(cfg.TrainConfig, stored)
+    else:
+        config = cfg.build_config(preset=args.preset, yaml_file=args.config, overrides=tuple(overrides))
+    try:
+        finetune(config, args.output, resume=args.resume)
+    except (weights.WeightsError, ImageError) as exc:
+        _error(str(exc))
+        return 1
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from medsr.train import export
+
+    print(f"wrote {export(args.checkpoint, args.output, overwrite=args.overwrite)}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from medsr.data import prepare_crops, prepare_multiscale
+
+    if args.kind == "multiscale":
+        written = prepare_multiscale(args.source, args.output, shortest_side=args.shortest_side)
+    else:
+        written = prepare_crops(args.source, args.output, size=args.size, step=args.step)
+    try:
+        count = sum(1 for _ in tqdm(written, desc=args.kind, unit="file"))
+    except ImageError as exc:
+        _error(str(exc))
+        return 1
+    print(f"wrote {count} files into {args.output}")
+    return 0
+
+
 def run_weights(args: argparse.Namespace) -> int:
     if args.action == "list":
         for spec in weights.KNOWN_MODELS.values():
@@ -221,6 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--crop", type=int, default=256, help="ground-truth crop side (default 256)")
     dp.add_argument("--overwrite", action="store_true")
     dp.set_defaults(run=run_degrade_preview)
+
+    ft = sub.add_parser("finetune", help="fine-tune generator and discriminator on your images")
+    ft.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, logs, config)")
+    ft.add_argument("--data", default=None, help="folder of high-resolution training images")
+    ft.add_argument("--val", default=None, help="folder of high-resolution validation images")
+    ft.add_argument("--preset", default=None, help="retina, cxr or cpu-light")
+    ft.add_argument("--config", default=None, help="YAML file of settings")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. run.iterations=500")
+    ft.add_argument("--resume", action="store_true", help="continue the run in --output")
+    ft.set_defaults(run=run_finetune)
+
+    ex = sub.add_parser("export", help="write a checkpoint's EMA generator as fp16 safetensors")
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("-o", "--output", type=Path, required=True)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(run=run_export)
+
+    pr = sub.add_parser("prepare", help="prepare training data into a new folder")
+    pr.add_argument("kind", choices=["multiscale", "crops"])
+    pr.add_argument("source", type=Path)
+    pr.add_argument("-o", "--output", type=Path, required=True)
+    pr.add_argument("--shortest-side", type=int, default=400, help="multiscale: extra copy with this shortest side")
+    pr.add_argument("--size", type=int, default=400, help="crops: sub-image side")
+    pr.add_argument("--step", type=int, default=200, help="crops: step between sub-images")
+    pr.set_defaults(run=run_prepare)
 
     wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
     wsub = wt.add_subparsers(dest="action", required=True)

@@ -1,0 +1,64 @@
+"""One checkpoint file per save, holding everything a run needs to continue exactly; atomic writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """Every random state of this process: torch (CPU and CUDA), numpy, python, and our generators."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _to_lists(random.getstate()),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_to_tuples(state["python"]))
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def save(path: str | Path, checkpoint: dict) -> None:
+    """Write through a temporary file in the same folder, then rename: a kill during the write
+    leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load(path: str | Path) -> dict:
+    """Read a checkpoint written by ``save`` (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None

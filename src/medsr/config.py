@@ -1,0 +1,212 @@
+"""Fine-tuning configuration: nested dataclasses, presets, YAML and ``--set a.b=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the key. The resolved config is
+stored in the run folder (``config.yaml``) and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from medsr.degrade import DegradeConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train: str = ""  # folder of high-resolution training images (required)
+    val: str | None = None  # folder of high-resolution validation images
+    val_images: int = 8  # validate on at most this many (sorted) images
+    gt_size: int = 256  # ground-truth crop side; LQ is gt_size / scale
+    batch_size: int = 10
+    pool_size: int = 180  # degraded pairs mixed across batches; batch_size must divide it
+    use_hflip: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    preset: str = "x4plus"  # RRDBNet and discriminator presets: x4plus or tiny (tests)
+    init_g: str = "realesrgan-x4plus"  # known model, checkpoint path, or "scratch"
+    init_d: str = "scratch"  # RealESRGAN_x4plus_netD.pth (or any netD checkpoint), or "scratch"
+    d_warmup_iters: int = 100  # D-only steps against the frozen G when init_d is "scratch"
+    ema_decay: float = 0.999
+
+
+def _default_layer_weights() -> dict[str, float]:
+    return {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    pixel_weight: float = 1.0  # L1 against the sharpened GT
+    perceptual_weight: float = 1.0  # VGG19 L1 against the sharpened GT; 0 turns it off (no VGG needed)
+    perceptual_layers: dict[str, float] = field(default_factory=_default_layer_weights)
+    gan_weight: float = 0.1  # vanilla GAN loss for G; D sees the unsharpened GT
+    vgg_weights: str | None = None  # vgg19-dcbb9e9d.pth; None: torch hub cache, medsr cache, download
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    milestones: tuple[int, ...] = (400_000,)  # MultiStepLR, as upstream's fine-tuning config
+    gamma: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    iterations: int = 3000
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (torchrun sets the local GPU)
+    bf16: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False  # on CUDA
+    log_every: int = 10
+    save_every: int = 500
+    val_every: int = 500
+    image_every: int = 500  # sample images to TensorBoard
+    keep_every: int = 0  # also keep iter_N.pth every N iterations (0: only latest.pth)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.pool_size % self.data.batch_size:
+            raise ValueError(f"data.pool_size {self.data.pool_size} must be a multiple of data.batch_size "
+                             f"{self.data.batch_size}")
+        if self.data.gt_size % (8 * self.degrade.scale):
+            raise ValueError(f"data.gt_size {self.data.gt_size} must be a multiple of {8 * self.degrade.scale}")
+        if self.model.preset not in ("x4plus", "tiny"):
+            raise ValueError(f"model.preset {self.model.preset!r}: choose x4plus or tiny")
+        if self.run.iterations < 0 or self.model.d_warmup_iters < 0:
+            raise ValueError("run.iterations and model.d_warmup_iters must be >= 0")
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's recipes at batch 10, GT 256: STARE-like retina sets, and chest X-rays with
+    # multi-scale data (prepare it with `medsr prepare multiscale`).
+    "retina": {"run": {"iterations": 3000}},
+    "cxr": {"run": {"iterations": 16600}},
+    # A CPU setting: a few hundred iterations in about two hours on 2 cores (docs/BENCHMARKS.md).
+    "cpu-light": {"data": {"batch_size": 4, "gt_size": 128, "pool_size": 40}, "run": {"iterations": 600},
+                  "model": {"d_warmup_iters": 20}},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def from_dict(cls: type, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from nested dicts, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown config key {path!r} (known here: {', '.join(sorted(names))})")
+        values[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _convert(hint, value, path: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, f"{path}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {path!r}: expected a list, got {value!r}")
+        inner = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(inner, v, path) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"config key {path!r}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, path) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {path!r}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ValueError(f"config key {path!r}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config) -> dict:
+    """Plain nested dicts and lists (YAML- and checkpoint-safe)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_override(tree: dict, assignment: str) -> dict:
+    """``a.b=value`` (value parsed as YAML) into a nested dict; the key must exist."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. run.iterations=500")
+    key, text = assignment.split("=", 1)
+    parts, node = key.strip().split("."), tree
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ValueError(f"unknown config key {'.'.join(parts[: depth + 1])!r} in --set {assignment!r}")
+        if depth == len(parts) - 1:
+            node[part] = yaml.safe_load(text)
+        else:
+            node = node[part]
+    return tree
+
+
+def build_config(*, preset: str | None = None, yaml_file: str | Path | None = None,
+                 overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then a preset, then a YAML file, then ``--set`` overrides."""
+    tree = to_dict(TrainConfig())
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        tree = _merge(tree, PRESETS[preset])
+    if yaml_file:
+        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_file}: expected a mapping at the top level")
+        from_dict(TrainConfig, _merge(tree, loaded))  # unknown keys in the file are named here
+        tree = _merge(tree, loaded)
+    for assignment in overrides:
+        tree = apply_override(tree, assignment)
+    return from_dict(TrainConfig, tree)
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,396 @@
+"""`medsr finetune`: the paper's transfer-learning recipe, one readable loop.
+
+build -> init (pretrained G, official or warmed-up D) or resume -> iterate (degrade, pool, G step,
+D step, EMA) -> log, validate, save. Runs on CPU or CUDA; under ``torchrun`` each process trains
+on its share of every epoch (DDP) and rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from medsr import checkpoint, weights
+from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
+from medsr.data import HRImages, as_rgb, image_files
+from medsr.degrade import PairPool, apply, sample
+from medsr.infer import pick_device
+from medsr.io import read_image
+from medsr.losses import PerceptualLoss, gan_loss
+from medsr.metrics import psnr, ssim
+from medsr.nets.rrdbnet import RRDBNet, rrdbnet
+from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
+
+GENERATORS = ("order", "crop", "degrade", "pool")
+
+
+@dataclass
+class Run:
+    """Everything the loop touches."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world_size: int
+    net_g: RRDBNet
+    net_g_ema: RRDBNet
+    net_d: UNetDiscriminatorSN
+    optim_g: torch.optim.Optimizer
+    optim_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.MultiStepLR
+    sched_d: torch.optim.lr_scheduler.MultiStepLR
+    perceptual: PerceptualLoss | None
+    data: HRImages
+    pool: PairPool
+    generators: dict[str, torch.Generator]
+    iteration: int = 0
+    warmup_done: bool = False
+    ddp: dict[str, torch.nn.Module] = field(default_factory=dict)  # DDP wrappers under torchrun
+
+    @property
+    def ddp_g(self) -> torch.nn.Module:
+        return self.ddp.get("g", self.net_g)
+
+    @property
+    def ddp_d(self) -> torch.nn.Module:
+        return self.ddp.get("d", self.net_d)
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
+
+
+def _device(config: TrainConfig, world_size: int) -> torch.device:
+    device = pick_device(config.run.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def build(config: TrainConfig, run_dir: Path) -> Run:
+    rank, world_size = _distributed()
+    device = _device(config, world_size)
+    seed = config.run.seed
+    torch.manual_seed(seed + rank)
+    generators = {name: torch.Generator().manual_seed(seed * 10 + i + (0 if name == "order" else 1000 * rank))
+                  for i, name in enumerate(GENERATORS)}
+    net_g, net_d = rrdbnet(config.model.preset), unet_discriminator(config.model.preset)
+    perceptual = None
+    if config.loss.perceptual_weight > 0:
+        layers = tuple(config.loss.perceptual_layers)
+        perceptual = PerceptualLoss(weights.load_vgg19(config.loss.vgg_weights, layers=layers),
+                                    layer_weights=config.loss.perceptual_layers).to(device)
+    optim = config.optim
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    if config.run.channels_last and device.type == "cuda":
+        net_g, net_d = net_g.to(memory_format=torch.channels_last), net_d.to(memory_format=torch.channels_last)
+    optim_g = torch.optim.Adam(net_g.parameters(), lr=optim.lr_g, betas=optim.betas)
+    optim_d = torch.optim.Adam(net_d.parameters(), lr=optim.lr_d, betas=optim.betas)
+    run = Run(
+        config=config, run_dir=run_dir, device=device, rank=rank, world_size=world_size,
+        net_g=net_g, net_g_ema=copy.deepcopy(net_g).eval().requires_grad_(False), net_d=net_d,
+        optim_g=optim_g, optim_d=optim_d,
+        sched_g=torch.optim.lr_scheduler.MultiStepLR(optim_g, list(optim.milestones), optim.gamma),
+        sched_d=torch.optim.lr_scheduler.MultiStepLR(optim_d, list(optim.milestones), optim.gamma),
+        perceptual=perceptual,
+        data=HRImages(config.data.train, gt_size=config.data.gt_size, use_hflip=config.data.use_hflip,
+                      rank=rank, world_size=world_size),
+        pool=PairPool(size=config.data.pool_size, batch_size=config.data.batch_size, generator=generators["pool"]),
+        generators=generators,
+    )
+    if world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        run.ddp = {"g": DistributedDataParallel(net_g, device_ids=ids),
+                   "d": DistributedDataParallel(net_d, device_ids=ids)}
+    return run
+
+
+def init_pretrained(run: Run) -> None:
+    """Generator from the pretrained model; discriminator from a file, or fresh (warmed up later)."""
+    model = run.config.model
+    if model.init_g != "scratch":
+        path, spec = weights.resolve(model.init_g)
+        loaded = weights.load_generator(path, preset=model.preset if spec is None else spec.preset)
+        run.net_g.load_state_dict(loaded.state_dict())
+        run.net_g_ema.load_state_dict(loaded.state_dict())
+    if model.init_d != "scratch":
+        loaded_d = weights.load_discriminator(model.init_d, preset=model.preset)
+        run.net_d.load_state_dict(loaded_d.state_dict())
+    run.warmup_done = model.init_d != "scratch" or model.d_warmup_iters == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _all_rng_states(run: Run) -> list[dict]:
+    state = checkpoint.rng_state(run.generators)
+    if run.world_size == 1:
+        return [state]
+    gathered: list = [None] * run.world_size
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def save(run: Run) -> None:
+    rng = _all_rng_states(run)  # every rank takes part in the gather
+    if run.rank != 0:
+        return
+    state = {
+        "iteration": run.iteration, "warmup_done": run.warmup_done, "config": to_dict(run.config),
+        "net_g": run.net_g.state_dict(), "net_g_ema": run.net_g_ema.state_dict(), "net_d": run.net_d.state_dict(),
+        "optim_g": run.optim_g.state_dict(), "optim_d": run.optim_d.state_dict(),
+        "sched_g": run.sched_g.state_dict(), "sched_d": run.sched_d.state_dict(),
+        "pool": run.pool.state_dict(), "data": run.data.state_dict(), "rng": rng,
+    }
+    checkpoint.save(run.run_dir / "latest.pth", state)
+    keep = run.config.run.keep_every
+    if keep and run.iteration % keep == 0:
+        checkpoint.save(run.run_dir / f"iter_{run.iteration}.pth", state)
+
+
+def restore(run: Run, state: dict) -> None:
+    run.net_g.load_state_dict(state["net_g"])
+    run.net_g_ema.load_state_dict(state["net_g_ema"])
+    run.net_d.load_state_dict(state["net_d"])
+    for name in ("optim_g", "optim_d", "sched_g", "sched_d", "pool", "data"):
+        getattr(run, name).load_state_dict(state[name])
+    run.iteration, run.warmup_done = state["iteration"], state["warmup_done"]
+    if len(state["rng"]) != run.world_size:
+        raise ValueError(f"checkpoint was written by {len(state['rng'])} processes; resume with as many")
+    checkpoint.set_rng_state(state["rng"][run.rank], run.generators)
+
+
+def config_of(path: Path) -> TrainConfig:
+    return from_dict(TrainConfig, checkpoint.load(path)["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# one iteration
+
+
+def _autocast(run: Run):
+    if run.config.run.bf16 and run.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def degraded_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lq, gt_usm, gt) on the device, mixed through the pool."""
+    config = run.config
+    gt = run.data.batch(config.data.batch_size, run.generators["order"], run.generators["crop"]).to(run.device)
+    params = sample(gt.shape[0], config.degrade, run.generators["degrade"])
+    lq, gt_usm = apply(gt, params, config.degrade)
+    return run.pool.exchange(lq, gt_usm, gt)
+
+
+def d_step(run: Run, gt: torch.Tensor, sr: torch.Tensor) -> dict[str, float]:
+    run.net_d.requires_grad_(True)
+    run.optim_d.zero_grad(set_to_none=True)
+    with _autocast(run):
+        l_d_real = gan_loss(run.ddp_d(gt).float(), real=True)
+    l_d_real.backward()
+    with _autocast(run):
+        l_d_fake = gan_loss(run.ddp_d(sr.detach()).float(), real=False)
+    l_d_fake.backward()
+    run.optim_d.step()
+    return {"l_d_real": l_d_real.item(), "l_d_fake": l_d_fake.item()}
+
+
+def train_step(run: Run) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """G step with D frozen, then D step on the unsharpened GT, then EMA: (losses, lq, sr)."""
+    loss = run.config.loss
+    lq, gt_usm, gt = degraded_batch(run)
+    run.net_d.requires_grad_(False)
+    run.optim_g.zero_grad(set_to_none=True)
+    with _autocast(run):
+        sr = run.ddp_g(lq)
+        logs = {"l_pix": loss.pixel_weight * F.l1_loss(sr.float(), gt_usm)}
+        if run.perceptual is not None:
+            logs["l_percep"] = loss.perceptual_weight * run.perceptual(sr.float(), gt_usm)
+        logs["l_gan"] = loss.gan_weight * gan_loss(run.net_d(sr).float(), real=True)
+    sum(logs.values()).backward()
+    run.optim_g.step()
+    logs = {k: v.item() for k, v in logs.items()} | d_step(run, gt, sr)
+    decay = run.config.model.ema_decay
+    with torch.no_grad():
+        for ema, p in zip(run.net_g_ema.parameters(), run.net_g.parameters(), strict=True):
+            ema.lerp_(p, 1 - decay)
+    run.sched_g.step()
+    run.sched_d.step()
+    return logs, lq, sr.detach()
+
+
+def warm_up_discriminator(run: Run, log) -> None:
+    """A fresh D is trained alone against the frozen pretrained G before fine-tuning starts
+    (our substitute when the official RealESRGAN_x4plus_netD.pth is not given)."""
+    for i in range(1, run.config.model.d_warmup_iters + 1):
+        lq, _, gt = degraded_batch(run)
+        with torch.no_grad(), _autocast(run):
+            sr = run.net_g(lq)
+        logs = d_step(run, gt, sr)
+        if i % run.config.run.log_every == 0 or i == run.config.model.d_warmup_iters:
+            values = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            log(f"D warm-up {i}/{run.config.model.d_warmup_iters}  {values}")
+    run.warmup_done = True
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and logging
+
+
+def validate(run: Run) -> dict[str, float]:
+    """PSNR/SSIM of the EMA generator on bicubic-downscaled validation images (8-bit range)."""
+    scale, limit = run.config.degrade.scale, run.config.data.val_images
+    scores = {"psnr": [], "ssim": []}
+    for path in image_files(run.config.data.val)[:limit]:
+        gt = as_rgb(read_image(path))
+        side = min(gt.shape[1], gt.shape[2], 2 * run.config.data.gt_size) // (8 * scale) * 8 * scale
+        if side == 0:  # smaller than one 8-pixel LQ block: nothing to measure
+            continue
+        top, left = (gt.shape[1] - side) // 2, (gt.shape[2] - side) // 2
+        gt = gt[:, top : top + side, left : left + side]
+        lq = F.interpolate(gt[None], scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+        with torch.no_grad():
+            sr = run.net_g_ema(lq.to(run.device))[0].float().clamp(0, 1).cpu()
+        sr8, gt8 = (sr * 255).round().numpy(), (gt * 255).round().numpy()
+        scores["psnr"].append(psnr(sr8, gt8, data_range=255))
+        scores["ssim"].append(ssim(sr8, gt8, data_range=255))
+    return {f"val_{k}": sum(v) / len(v) for k, v in scores.items() if v}
+
+
+class Logger:
+    """Console lines, a CSV of scalars, and TensorBoard when it is installed (rank 0 only)."""
+
+    def __init__(self, run: Run) -> None:
+        self.active = run.rank == 0
+        self.csv = run.run_dir / "log.csv"
+        self.writer = None
+        if self.active:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("TensorBoard is not installed: logging to log.csv only (pip install tensorboard)")
+            else:
+                self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        if self.active:
+            print(text, flush=True)
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        new = not self.csv.exists()
+        with open(self.csv, "a") as f:
+            if new:
+                f.write("iteration,name,value\n")
+            f.writelines(f"{iteration},{k},{v:.6g}\n" for k, v in values.items())
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, iteration)
+
+    def images(self, iteration: int, lq: torch.Tensor, sr: torch.Tensor) -> None:
+        if self.writer:
+            up = F.interpolate(lq[:4].float().cpu(), size=sr.shape[-2:], mode="nearest")
+            self.writer.add_images("lq_vs_sr", torch.cat([up, sr[:4].float().cpu()], 3).clamp(0, 1), iteration)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def finetune(config: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> list[dict[str, float]]:
+    """Fine-tune as ``config`` says, writing into ``run_dir``; returns the per-iteration losses.
+
+    A new run refuses a folder that already holds a checkpoint; ``resume`` continues from
+    ``run_dir/latest.pth`` so that N iterations, a stop and M more equal N + M uninterrupted.
+    """
+    run_dir = Path(run_dir)
+    latest = run_dir / "latest.pth"
+    if not resume and latest.exists():
+        raise ValueError(f"{run_dir}: holds a run already (latest.pth); use --resume or another folder")
+    if resume and not latest.exists():
+        raise ValueError(f"{latest}: no checkpoint to resume from")
+    if not config.data.train:
+        raise ValueError("data.train: give the folder of training images (--data DIR)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = build(config, run_dir)
+    log = Logger(run)
+    if resume:
+        restore(run, checkpoint.load(latest))
+        log.line(f"resumed {run_dir} at iteration {run.iteration}")
+    else:
+        init_pretrained(run)
+        if run.rank == 0:
+            (run_dir / "config.yaml").write_text(dump_yaml(config))
+    if not run.warmup_done:
+        warm_up_discriminator(run, log.line)
+        save(run)
+    history, start, total = [], time.perf_counter(), config.run.iterations
+    first = run.iteration
+    while run.iteration < total:
+        run.iteration += 1
+        logs, lq, sr = train_step(run)
+        history.append(logs)
+        _report(run, log, logs, first, start)
+        if run.iteration % config.run.image_every == 0:
+            log.images(run.iteration, lq, sr)
+        if run.iteration % config.run.save_every == 0 or run.iteration == total:
+            save(run)
+    log.close()
+    return history
+
+
+def _report(run: Run, log: Logger, logs: dict[str, float], first: int, start: float) -> None:
+    config, it = run.config.run, run.iteration
+    if it % config.log_every == 0 or it == config.iterations:
+        rate = (it - first) / (time.perf_counter() - start)
+        eta = (config.iterations - it) / rate if rate > 0 else math.inf
+        log.line(f"iter {it}/{config.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                 + f"  lr {run.sched_g.get_last_lr()[0]:.1e}  {rate:.3f} it/s  ETA {eta / 60:.0f} min")
+        log.scalars(it, logs)
+    if run.config.data.val and it % config.val_every == 0 and run.rank == 0:
+        scores = validate(run)
+        log.line(f"iter {it} validation  " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        log.scalars(it, scores)
+
+
+def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the EMA generator of a checkpoint as fp16 safetensors, for ``medsr upscale --model``."""
+    from safetensors.torch import save_file
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output}: already exists (use --overwrite to replace it)")
+    state = checkpoint.load(checkpoint_path)
+    if "net_g_ema" not in state:
+        raise ValueError(f"{checkpoint_path}: not a medsr training checkpoint (no net_g_ema)")
+    tensors = {k: v.half().contiguous() for k, v in state["net_g_ema"].items()}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(output), metadata={"iteration": str(state["iteration"]), "source": "medsr finetune"})
+    return output

@@ -1,0 +1,171 @@
+"""Fine-tuning: networks and their official layouts, the loop, exact resume, config, DDP."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from medsr import checkpoint, weights
+from medsr.cli import main
+from medsr.config import build_config
+from medsr.nets.unet import unet_discriminator
+from medsr.nets.vgg import VGG19Features
+from medsr.train import build, finetune, train_step
+from medsr.weights import WeightsError
+
+from .conftest import random_image
+
+TINY = ("model.preset=tiny", "model.init_g=scratch", "model.d_warmup_iters=1", "loss.perceptual_weight=0",
+        "data.batch_size=2", "data.pool_size=4", "data.gt_size=32", "run.iterations=4", "run.log_every=1",
+        "run.save_every=2", "run.image_every=2")
+
+
+@pytest.fixture
+def train_dir(tmp_path):
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    PILImage.fromarray(random_image(48, 40, 3)).save(folder / "a.png")
+    PILImage.fromarray(random_image(40, 56, 3, seed=1)).save(folder / "b.jpg")
+    PILImage.fromarray(random_image(36, 30, 1, np.uint16, seed=2).squeeze()).save(folder / "c16.png")  # < crop
+    return folder
+
+
+def tiny(train_dir, *extra: str):
+    return build_config(overrides=(*TINY, f"data.train={train_dir}", *extra))
+
+
+def torchvision_vgg_file(path) -> str:
+    """A VGG19 file in torchvision's layout (random weights; the real ones cannot be downloaded here)."""
+    torch.manual_seed(0)
+    state = VGG19Features().state_dict()
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # present in torchvision files, ignored
+    torch.save(state, path)
+    return str(path)
+
+
+def test_discriminator_matches_the_official_layout(tmp_path):
+    net = unet_discriminator("x4plus")
+    # 4,376,897 parameters: REFERENCE.md section 1 (the official RealESRGAN_x4plus_netD.pth).
+    assert sum(p.numel() for p in net.parameters()) == 4_376_897
+    keys = set(net.state_dict())
+    assert {"conv0.weight", "conv0.bias", "conv1.weight_orig", "conv1.weight_u", "conv1.weight_v",
+            "conv9.weight", "conv9.bias"} <= keys and "conv1.bias" not in keys
+    torch.save({"params": net.state_dict()}, tmp_path / "netD.pth")
+    loaded = weights.load_discriminator(tmp_path / "netD.pth")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert net(torch.rand(1, 3, 32, 48)).shape == (1, 1, 32, 48)
+
+
+def test_vgg_loads_a_torchvision_layout_and_never_substitutes(tmp_path, monkeypatch):
+    path = torchvision_vgg_file(tmp_path / "vgg19-dcbb9e9d.pth")
+    vgg = weights.load_vgg19(path, layers=("conv1_2", "conv5_4"))
+    keys = list(vgg.state_dict())
+    assert len(keys) == 32 and keys[0] == "features.0.weight" and keys[-1] == "features.34.bias"  # 16 convs
+    assert set(vgg(torch.rand(1, 3, 32, 32))) == {"conv1_2", "conv5_4"}
+    with pytest.raises(WeightsError, match="missing.pth: VGG19 weights file not found"):
+        weights.load_vgg19(tmp_path / "missing.pth", layers=("conv1_2",))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    with pytest.raises(WeightsError, match=r"vgg19-dcbb9e9d\.pth not found .*perceptual_weight=0"):
+        weights.load_vgg19(None, layers=("conv1_2",), online=False)
+
+
+def test_every_parameter_gets_a_gradient_and_nothing_is_nan(train_dir, tmp_path):
+    vgg = torchvision_vgg_file(tmp_path / "vgg.pth")
+    run = build(tiny(train_dir, "loss.perceptual_weight=1.0", f"loss.vgg_weights={vgg}"), tmp_path / "run")
+    logs, lq, sr = train_step(run)
+    assert set(logs) == {"l_pix", "l_percep", "l_gan", "l_d_real", "l_d_fake"}
+    assert all(np.isfinite(v) for v in logs.values())
+    for name, net in (("G", run.net_g), ("D", run.net_d)):
+        for key, p in net.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name} {key}"
+    assert lq.shape == (2, 3, 8, 8) and sr.shape == (2, 3, 32, 32)
+
+
+def test_smoke_run_export_and_upscale(train_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["finetune", "-o", str(run_dir), "--data", str(train_dir), "--val", str(train_dir),
+                 *sum((["--set", s] for s in (*TINY, "run.val_every=2")), [])])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "iter 4/4" in out and "validation" in out and "D warm-up 1/1" in out
+    assert (run_dir / "config.yaml").exists() and (run_dir / "log.csv").exists()
+    state = checkpoint.load(run_dir / "latest.pth")
+    assert state["iteration"] == 4 and state["config"]["model"]["preset"] == "tiny"
+    assert main(["export", str(run_dir / "latest.pth"), "-o", str(tmp_path / "m.safetensors")]) == 0
+    net = weights.load_generator(tmp_path / "m.safetensors")
+    assert all(torch.equal(net.state_dict()[k], v.half().float()) for k, v in state["net_g_ema"].items())
+    assert main(["upscale", str(train_dir / "a.png"), "-o", str(tmp_path / "sr.png"),
+                 "--model", str(tmp_path / "m.safetensors")]) == 0
+    with pytest.raises(ValueError, match="holds a run already"):
+        finetune(tiny(train_dir), run_dir)
+
+
+def test_resume_equals_an_uninterrupted_run(train_dir, tmp_path):
+    vgg = torchvision_vgg_file(tmp_path / "vgg.pth")
+    extra = ("loss.perceptual_weight=1.0", f"loss.vgg_weights={vgg}")
+    straight = finetune(tiny(train_dir, *extra), tmp_path / "a")
+    first = finetune(tiny(train_dir, *extra, "run.iterations=2"), tmp_path / "b")
+    # A new process would start with other global RNG state: scramble it to show it is restored.
+    torch.manual_seed(12345)
+    np.random.seed(54321)
+    rest = finetune(tiny(train_dir, *extra), tmp_path / "b", resume=True)
+    assert len(straight) == 4 and len(first) == 2 and len(rest) == 2
+    assert first + rest == straight  # identical losses, to the last bit
+    a, b = checkpoint.load(tmp_path / "a" / "latest.pth"), checkpoint.load(tmp_path / "b" / "latest.pth")
+    assert all(torch.equal(a["net_g_ema"][k], b["net_g_ema"][k]) for k in a["net_g_ema"])
+
+
+def test_config_errors_name_the_key(train_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown config key 'run.iteration'"):
+        build_config(overrides=("run.iteration=5",))
+    with pytest.raises(ValueError, match="'data.batch_size': expected int"):
+        build_config(overrides=("data.batch_size=ten",))
+    with pytest.raises(ValueError, match="pool_size 180 must be a multiple of data.batch_size 7"):
+        build_config(overrides=("data.batch_size=7",))
+    (tmp_path / "bad.yaml").write_text("loss:\n  gan_wieght: 0.2\n")
+    with pytest.raises(ValueError, match="unknown config key 'loss.gan_wieght'"):
+        build_config(yaml_file=tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="unknown preset 'brain'"):
+        build_config(preset="brain")
+    assert build_config(preset="cxr").run.iterations == 16600
+    assert build_config(preset="retina").data.batch_size == 10
+
+
+def test_missing_vgg_stops_the_run_with_the_file_name(train_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(WeightsError, match="vgg19-dcbb9e9d.pth"):
+        finetune(tiny(train_dir, "loss.perceptual_weight=1.0"), tmp_path / "run")
+
+
+def test_prepare_multiscale_and_crops(train_dir, tmp_path, capsys):
+    assert main(["prepare", "multiscale", str(train_dir), "-o", str(tmp_path / "ms"), "--shortest-side", "20"]) == 0
+    files = sorted(p.name for p in (tmp_path / "ms").iterdir())
+    assert len(files) == 15 and "a_x0.5.png" in files and "b_s20.png" in files  # JPEG written as PNG
+    assert PILImage.open(tmp_path / "ms" / "a_x0.333.png").size == (13, 16)
+    assert PILImage.open(tmp_path / "ms" / "c16_x0.75.png").mode == "I;16"  # 16-bit kept
+    assert main(["prepare", "crops", str(train_dir), "-o", str(tmp_path / "cr"), "--size", "32", "--step", "16"]) == 0
+    crops = sorted((tmp_path / "cr").iterdir())
+    # a: 48x40 -> rows [0, 16], cols [0, 8]; b: 40x56 -> rows [0, 8], cols [0, 16, 24]; c: 36x30 -> [0, 4] x [0]
+    assert len(crops) == 4 + 6 + 2
+    assert all(PILImage.open(p).size[0] <= 32 for p in crops)
+    assert main(["prepare", "crops", str(train_dir), "-o", str(tmp_path / "cr")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo(train_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "-m", "medsr.cli", "finetune", "-o", str(run_dir), "--data", str(train_dir),
+            *sum((["--set", s] for s in TINY), [])]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = checkpoint.load(run_dir / "latest.pth")
+    assert state["iteration"] == 4 and len(state["rng"]) == 2
+    assert state["rng"][0]["generators"]["crop"].ne(state["rng"][1]["generators"]["crop"]).any()
+    assert result.stdout.count("iter 4/4") == 1  # rank 0 alone reports
