@@ -1,0 +1,76 @@
+"""Seconds per fine-tuning iteration on this machine, with a breakdown.
+
+Usage: python benchmarks/bench_train.py [--setting paper|light|both] [--iterations 2]
+
+Settings: "paper" = batch 10, GT 256 (the paper's); "light" = the cpu-light preset (batch 4,
+GT 128). Networks are the full x4plus generator and discriminator and VGG19 with random weights:
+the cost does not depend on the weight values, and the real VGG19 file cannot be downloaded here.
+Per setting: one warm-up iteration, then the mean of ``--iterations`` full iterations, and each
+part timed on its own: data + degradation (+ pool), the discriminator step, and VGG19 (forward and
+backward of the perceptual loss); the generator part is the rest of an iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medsr.config import build_config
+from medsr.nets.vgg import VGG19Features
+from medsr.train import build, d_step, degraded_batch, train_step
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench(setting: str, iterations: int, folder: Path) -> None:
+    overrides = ["model.init_g=scratch", f"data.train={folder / 'hr'}", f"loss.vgg_weights={folder / 'vgg.pth'}"]
+    config = build_config(preset="cpu-light" if setting == "light" else "retina", overrides=tuple(overrides))
+    run = build(config, folder / f"run-{setting}")
+    train_step(run)  # warm-up
+    full = sum(timed(lambda: train_step(run)) for _ in range(iterations)) / iterations
+    data = timed(lambda: degraded_batch(run))
+    lq, gt_usm, gt = degraded_batch(run)
+    with torch.no_grad():
+        sr = run.net_g(lq)
+    d = timed(lambda: d_step(run, gt, sr))
+    sr_grad = sr.clone().requires_grad_(True)
+    vgg = timed(lambda: run.perceptual(sr_grad, gt_usm).backward())
+    g = full - data - d - vgg
+    b, size = config.data.batch_size, config.data.gt_size
+    print(f"{setting}: batch {b}, GT {size}: {full:.1f} s per iteration (mean of {iterations})")
+    for name, seconds in (("data + degradation", data), ("generator (fwd, L1, GAN, bwd, Adam)", g),
+                          ("discriminator step", d), ("VGG19 perceptual (fwd + bwd)", vgg)):
+        print(f"  {name:38s} {seconds:6.1f} s  {seconds / full:6.1%}")
+    print(f"  -> {7200 / full:.0f} iterations in two hours")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=["paper", "light", "both"], default="both")
+    parser.add_argument("--iterations", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "hr").mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(12):  # smooth random 512x512 images
+            small = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+            Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC).save(folder / "hr" / f"{i}.png")
+        torch.save(VGG19Features().state_dict(), folder / "vgg.pth")
+        for setting in (["light", "paper"] if args.setting == "both" else [args.setting]):
+            bench(setting, args.iterations, folder)
+
+
+if __name__ == "__main__":
+    main()
