@@ -206,6 +206,45 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medsr import evaluate as ev
+    from medsr.report import markdown_table, write_report
+
+    if args.output.exists() and not args.overwrite:
+        raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
+    protocol = ev.with_blur(ev.PROTOCOLS[args.protocol], args.blur_sigma)
+    samples = [s for folder in args.data for s in ev.find_samples(folder)][: args.max_images or None]
+    if not samples:
+        raise ValueError("no images found in " + ", ".join(map(str, args.data)))
+    models = ev.build_models(["bicubic", "lanczos", "realesrgan-x4plus", *args.model], tile=args.tile,
+                             device=args.device)
+    lpips, lpips_status = ev.lpips_metric()
+    options = ev.Options(protocol=protocol, ssim_convention=args.ssim, lpips=lpips)
+    failed = []
+
+    def report_error(message: str) -> None:
+        failed.append(message)
+        _error(message)
+
+    results = list(tqdm(ev.evaluate(samples, models, options, on_error=report_error), total=len(samples),
+                        desc="images", unit="img"))
+    summary = ev.summarise(results)
+    region = tuple(int(v) for v in args.region.split(",")) if args.region else None
+    settings = {
+        "protocol": protocol.name, "data": ", ".join(map(str, args.data)), "images": len(results),
+        "skipped": len(failed), "ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
+        "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
+              f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
+        "PSNR/SSIM": f"on the source's integer range (8-bit: 255, 16-bit: 65535); SSIM convention {args.ssim}",
+        "LPIPS": "computed" if lpips else lpips_status,
+        "models": ", ".join(m.name for m in models),
+    }
+    path = write_report(args.output, results, summary, settings, figures=args.figures, region=region)
+    print(markdown_table(summary))
+    print(f"report: {path} ({len(results)} images, {len(failed)} skipped)")
+    return 1 if failed else 0
+
+
 def run_weights(args: argparse.Namespace) -> int:
     if args.action == "list":
         for spec in weights.KNOWN_MODELS.values():
@@ -295,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--size", type=int, default=400, help="crops: sub-image side")
     pr.add_argument("--step", type=int, default=200, help="crops: step between sub-images")
     pr.set_defaults(run=run_prepare)
+
+    ev = sub.add_parser("evaluate", help="compare models on a protocol: metrics, figures, HTML report")
+    ev.add_argument("data", nargs="+", type=Path, metavar="FOLDER",
+                    help="image folders (plain, or DRIVE/STARE/CHASE_DB1 layouts with vessel annotations)")
+    ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4"])
+    ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
+                    help="extra model (exported or checkpoint), besides bicubic, Lanczos and realesrgan-x4plus")
+    ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
+    ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"])
+    ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
+    ev.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images")
+    ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
+    ev.add_argument("--tile", type=int, default=None)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    ev.add_argument("--overwrite", action="store_true")
+    ev.set_defaults(run=run_evaluate)
 
     wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
     wsub = wt.add_subparsers(dest="action", required=True)

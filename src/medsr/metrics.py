@@ -1,23 +1,157 @@
-"""Image-quality metrics with an explicit data range (never an assumed 255)."""
+"""Image-quality and fidelity metrics, all with an explicit data range (never an assumed 255).
+
+Definitions, formulas and reasons: docs/METRICS.md.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from skimage.filters import frangi
 from skimage.metrics import structural_similarity
 
+SSIM_CONVENTIONS = ("realesrgan", "skimage")
 
-def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float) -> float:
-    """10 log10(data_range^2 / MSE); infinite for identical images."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+def _prepare(a: np.ndarray, b: np.ndarray, crop_border: int, y_channel: bool, data_range: float):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    if y_channel and a.shape[0] == 3:
+        a, b = luma(a, data_range), luma(b, data_range)
+    if crop_border:
+        a, b = a[:, crop_border:-crop_border, crop_border:-crop_border], b[:, crop_border:-crop_border, crop_border:-crop_border]
+    return a, b
+
+
+def luma(rgb: np.ndarray, data_range: float) -> np.ndarray:
+    """BT.601 luma (the toolbox's "Y channel"), in the same data range: 16 + (65.481 R + 128.553 G
+    + 24.966 B) on a 0..255 scale, scaled to ``data_range``."""
+    weights = np.array([65.481, 128.553, 24.966]).reshape(3, 1, 1) / 255
+    return (np.sum(rgb * weights, axis=0, keepdims=True) + 16 / 255 * data_range)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float, crop_border: int = 0, y_channel: bool = False) -> float:
+    """10 log10(data_range^2 / MSE) over all pixels and channels; infinite for identical images.
+
+    Arrays are (H, W) or (C, H, W) in the same units as ``data_range`` (255 for 8-bit values,
+    65535 for 16-bit, 1 for [0, 1] floats).
+    """
+    a, b = _prepare(a, b, crop_border, y_channel, data_range)
+    mse = float(np.mean((a - b) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float) -> float:
-    """SSIM of (C, H, W) or (H, W) arrays in Real-ESRGAN's convention: 11x11 Gaussian window
-    (sigma 1.5), population covariance, channels averaged."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    channel_axis = 0 if a.ndim == 3 else None
-    return float(structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, channel_axis=channel_axis))
+def _gaussian_valid(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation of a 2D array with a symmetric 1D kernel."""
+    rows = sliding_window_view(image, taps.size, axis=1) @ taps
+    return sliding_window_view(rows, taps.size, axis=0) @ taps
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float, convention: str = "realesrgan",
+         crop_border: int = 0, y_channel: bool = False) -> float:
+    """Mean SSIM over the image and channels.
+
+    ``realesrgan`` (the Real-ESRGAN/BasicSR toolbox): 11x11 Gaussian window (sigma 1.5) over the
+    'valid' region, population statistics, C1 = (0.01 L)^2, C2 = (0.03 L)^2, written out here.
+    ``skimage``: scikit-image's defaults (7x7 uniform window, sample covariance).
+    """
+    if convention not in SSIM_CONVENTIONS:
+        raise ValueError(f"unknown SSIM convention {convention!r}; choose {', '.join(SSIM_CONVENTIONS)}")
+    a, b = _prepare(a, b, crop_border, y_channel, data_range)
+    if convention == "skimage":
+        return float(structural_similarity(a, b, data_range=data_range, channel_axis=0))
+    taps = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
+    taps /= taps.sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    scores = []
+    for x, y in zip(a, b, strict=True):
+        mu_x, mu_y = _gaussian_valid(x, taps), _gaussian_valid(y, taps)
+        var_x = _gaussian_valid(x * x, taps) - mu_x**2
+        var_y = _gaussian_valid(y * y, taps) - mu_y**2
+        cov = _gaussian_valid(x * y, taps) - mu_x * mu_y
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        scores.append(ssim_map.mean())
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-structure fidelity (fundus vessels)
+
+
+def vesselness(gray: np.ndarray, *, sigmas: tuple[float, ...] = (1, 2, 3, 4)) -> np.ndarray:
+    """Multi-scale Frangi vesselness of dark tubular structures (vessels on a fundus green channel)."""
+    return frangi(np.asarray(gray, np.float64), sigmas=sigmas, black_ridges=True)
+
+
+def field_of_view(rgb_or_gray: np.ndarray, *, threshold: float = 0.06) -> np.ndarray:
+    """Pixels inside the fundus disc: brighter than ``threshold`` (in [0, 1]) in the mean channel,
+    minus a margin so the disc's rim is not mistaken for a vessel."""
+    from scipy.ndimage import binary_erosion
+
+    mean = np.asarray(rgb_or_gray).reshape(-1, *np.shape(rgb_or_gray)[-2:]).mean(0)
+    return binary_erosion(mean > threshold, iterations=8)
+
+
+def vessel_agreement(sr_vessels: np.ndarray, gt_vessels: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of two vesselness maps inside ``mask`` (1 = same vessel map)."""
+    x, y = sr_vessels[mask], gt_vessels[mask]
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative (ties count half), from ranks (Mann-Whitney U)."""
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detail kept and detail invented, per frequency band
+
+
+BANDS = ((0.0625, 0.125), (0.125, 0.25), (0.25, 0.5))  # cycles per pixel
+
+
+def band_detail(sr: np.ndarray, gt: np.ndarray, *, bands: tuple[tuple[float, float], ...] = BANDS
+                ) -> list[dict[str, float]]:
+    """For each frequency band of two gray images: how much of the GT's detail the SR reproduces
+    (``kept``) and how much energy the SR has that the GT does not (``invented``).
+
+    With S, G the windowed spectra in the band, E_g = sum |G|^2, E_s = sum |S|^2, C = Re sum S G*:
+    kept = C / E_g (1: GT detail at full amplitude; 0: gone), invented = (E_s - C^2 / E_g) / E_g
+    (SR energy uncorrelated with the GT, relative to the GT's energy; 0 for a copy or a blur).
+    """
+    sr, gt = np.asarray(sr, np.float64), np.asarray(gt, np.float64)
+    window = np.outer(np.hanning(gt.shape[0]), np.hanning(gt.shape[1]))
+    spec_s = np.fft.fft2((sr - sr.mean()) * window)
+    spec_g = np.fft.fft2((gt - gt.mean()) * window)
+    fy, fx = np.fft.fftfreq(gt.shape[0]), np.fft.fftfreq(gt.shape[1])
+    radius = np.sqrt(fy[:, None] ** 2 + fx[None] ** 2)
+    out = []
+    for low, high in bands:
+        band = (radius >= low) & (radius < high)
+        e_g = float(np.sum(np.abs(spec_g[band]) ** 2))
+        e_s = float(np.sum(np.abs(spec_s[band]) ** 2))
+        cross = float(np.real(np.sum(spec_s[band] * np.conj(spec_g[band]))))
+        if e_g == 0:
+            out.append({"band": f"{low:g}-{high:g}", "kept": float("nan"), "invented": float("nan")})
+            continue
+        out.append({"band": f"{low:g}-{high:g}", "kept": cross / e_g, "invented": max(0.0, e_s - cross**2 / e_g) / e_g})
+    return out

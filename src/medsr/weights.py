@@ -54,8 +54,9 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-# Wrappers under which the ecosystem stores generator weights, most specific first.
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict")
+# Wrappers under which the ecosystem stores generator weights, most specific first
+# (``net_g_ema``: a medsr training checkpoint).
+_WRAPPER_KEYS = ("net_g_ema", "params_ema", "params", "state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
 
 

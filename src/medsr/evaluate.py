@@ -1,0 +1,250 @@
+"""`medsr evaluate`: the paper's two protocols, several models in one run, honest metrics.
+
+For each image: ground truth (GT) = Lanczos resize to the protocol's size; LR = bicubic
+downscale by the scale, then a Gaussian blur (the paper does not give its kernel: ours is an
+option, default sigma 1.0 LR pixel, 7x7); every model super-resolves LR back to the GT size; the
+metrics of docs/METRICS.md compare each result with GT in the source's own integer range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from medsr import metrics
+from medsr.image import Image, ImageError, quantize
+from medsr.io import read_image, reader_for
+from medsr.kernels import gaussian_blur
+from medsr.upscale import resize_lanczos, upscale
+from medsr.weights import load_model
+
+
+@dataclass(frozen=True, kw_only=True)
+class Protocol:
+    name: str
+    gt_size: int  # GT is resized to gt_size x gt_size (Lanczos)
+    scale: int  # LR = GT / scale (bicubic), and models super-resolve x scale
+    blur_sigma: float = 1.0  # Gaussian blur of LR, in LR pixels (0: none)
+    blur_size: int = 7
+    vessels: bool = False  # fundus vessel fidelity metrics
+
+
+PROTOCOLS = {
+    "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True),
+    "cxr-x4": Protocol(name="cxr-x4", gt_size=1024, scale=4),
+}
+BASELINES = ("bicubic", "lanczos")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    name: str
+    image: Path
+    annotation: Path | None = None  # manual vessel map
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _annotated(folder: Path, images: str, labels: str, label_name: Callable[[Path], str]) -> list[Sample] | None:
+    image_dir, label_dir = folder / images, folder / labels
+    if not (image_dir.is_dir() and label_dir.is_dir()):
+        return None
+    samples = []
+    for path in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        label = label_dir / label_name(path)
+        samples.append(Sample(name=path.stem, image=path, annotation=label if label.exists() else None))
+    return samples
+
+
+def find_samples(folder: str | Path) -> list[Sample]:
+    """Images of a folder, with vessel annotations for the DRIVE, STARE and CHASE_DB1 layouts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    layouts = (
+        ("images", "1st_manual", lambda p: f"{p.stem.split('_')[0]}_manual1.gif"),  # DRIVE/test, DRIVE/training
+        ("images", "labels-ah", lambda p: f"{p.stem}.ah.png"),  # STARE (shared copy)
+        ("images", "manual", lambda p: f"{p.stem}_1stHO.png"),  # CHASE_DB1
+    )
+    for images, labels, name in layouts:
+        found = _annotated(folder, images, labels, name)
+        if found is not None:
+            return found
+    return [Sample(name=p.stem, image=p) for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and (reader_for(p) or p.suffix.lower() == ".gif")]
+
+
+def read_any(path: Path) -> Image:
+    """medsr's reader, plus GIF/other Pillow formats (DRIVE ships TIFF images and GIF masks)."""
+    if reader_for(path):
+        return read_image(path)
+    try:
+        with PILImage.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
+    return Image(pixels=np.moveaxis(array, 2, 0).astype(np.float32) / 255, max_value=255)
+
+
+def read_annotation(path: Path, size: int) -> np.ndarray:
+    with PILImage.open(path) as im:
+        mask = im.convert("L").resize((size, size), PILImage.Resampling.NEAREST)
+    return np.asarray(mask) > 127
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def resize_bicubic(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    channels = [np.asarray(PILImage.fromarray(c).resize((width, height), PILImage.Resampling.BICUBIC))
+                for c in pixels.astype(np.float32, copy=False)]
+    return np.clip(np.stack(channels), 0, 1)
+
+
+def make_pair(image: Image, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, gt) float32 (C, h, w) and (C, H, W) arrays in [0, 1]."""
+    gt = resize_lanczos(image.pixels, protocol.gt_size, protocol.gt_size)
+    side = protocol.gt_size // protocol.scale
+    lr = resize_bicubic(gt, side, side)
+    if protocol.blur_sigma > 0:
+        lr = gaussian_blur(torch.from_numpy(lr)[None], protocol.blur_size, protocol.blur_sigma)[0].numpy()
+    return np.clip(lr, 0, 1), gt
+
+
+@dataclass
+class Model:
+    """A named way to go from LR to GT size."""
+
+    name: str
+    run: Callable[[np.ndarray, int], np.ndarray]
+
+
+def build_models(names: list[str], *, tile: int | None, device: str) -> list[Model]:
+    models = []
+    for name in names:
+        if name == "bicubic":
+            models.append(Model(name, lambda lr, size: resize_bicubic(lr, size, size)))
+        elif name == "lanczos":
+            models.append(Model(name, lambda lr, size: resize_lanczos(lr, size, size)))
+        else:
+            net = load_model(name)
+
+            def run(lr: np.ndarray, size: int, net: torch.nn.Module = net) -> np.ndarray:
+                sr = upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device)
+                return sr.pixels
+
+            models.append(Model(net.name if Path(name).exists() else name, run))
+    return models
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics of one image
+
+
+@dataclass
+class Options:
+    protocol: Protocol
+    ssim_convention: str = "realesrgan"
+    lpips: object | None = None  # a callable (sr, gt) -> float when LPIPS weights are present
+    extra: dict = field(default_factory=dict)
+
+
+def _gray(pixels: np.ndarray, vessels: bool) -> np.ndarray:
+    """The channel the structure metrics use: green for fundus (vessel contrast), else luminance."""
+    if pixels.shape[0] == 3:
+        return pixels[1] if vessels else pixels.mean(0)
+    return pixels[0]
+
+
+def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options,
+                  gt_vessels: np.ndarray | None, fov: np.ndarray | None, annotation: np.ndarray | None
+                  ) -> dict[str, float]:
+    sr_q, gt_q = quantize(sr, max_value).astype(np.float64), quantize(gt, max_value).astype(np.float64)
+    row = {"psnr": metrics.psnr(sr_q, gt_q, data_range=max_value),
+           "ssim": metrics.ssim(sr_q, gt_q, data_range=max_value, convention=options.ssim_convention)}
+    bands = metrics.band_detail(_gray(sr, False), _gray(gt, False))
+    row["hf_kept"], row["hf_invented"] = bands[-1]["kept"], bands[-1]["invented"]
+    row["mf_kept"], row["mf_invented"] = bands[-2]["kept"], bands[-2]["invented"]
+    if gt_vessels is not None:
+        sr_vessels = metrics.vesselness(_gray(sr, True))
+        row["vessel_agreement"] = metrics.vessel_agreement(sr_vessels, gt_vessels, fov)
+        if annotation is not None:
+            row["vessel_auc"] = metrics.auc(sr_vessels[fov], annotation[fov])
+    row["lpips"] = options.lpips(sr, gt) if options.lpips else float("nan")
+    return row
+
+
+@dataclass
+class Result:
+    sample: Sample
+    lr: np.ndarray
+    gt: np.ndarray
+    outputs: dict[str, np.ndarray]
+    rows: dict[str, dict[str, float]]  # model name -> metrics (plus "ground truth" for vessel AUC)
+
+
+def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Result:
+    image = read_any(sample.image)
+    lr, gt = make_pair(image, options.protocol)
+    gt_vessels = fov = annotation = None
+    if options.protocol.vessels and gt.shape[0] == 3:
+        gt_vessels, fov = metrics.vesselness(_gray(gt, True)), metrics.field_of_view(gt)
+        if sample.annotation is not None:
+            annotation = read_annotation(sample.annotation, options.protocol.gt_size)
+    outputs, rows = {}, {}
+    for model in models:
+        outputs[model.name] = np.clip(model.run(lr, options.protocol.gt_size), 0, 1)
+        rows[model.name] = image_metrics(outputs[model.name], gt, image.max_value, options, gt_vessels, fov,
+                                         annotation)
+    if annotation is not None:
+        rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov])}
+    return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)
+
+
+def evaluate(samples: list[Sample], models: list[Model], options: Options,
+             on_error: Callable[[str], None] = print) -> Iterator[Result]:
+    """Evaluate each sample; a file that cannot be read is reported through ``on_error`` and skipped."""
+    for sample in samples:
+        try:
+            yield evaluate_sample(sample, models, options)
+        except ImageError as exc:
+            on_error(str(exc))
+
+
+def summarise(results: list[Result]) -> dict[str, dict[str, float]]:
+    """Mean of each metric per model (NaN and infinite values left out of the mean, and counted)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for result in results:
+        for model, row in result.rows.items():
+            for key, value in row.items():
+                table.setdefault(model, {}).setdefault(key, []).append(value)
+    summary = {}
+    for model, columns in table.items():
+        summary[model] = {}
+        for key, values in columns.items():
+            finite = [v for v in values if math.isfinite(v)]
+            summary[model][key] = float(np.mean(finite)) if finite else float("nan")
+        summary[model]["images"] = max(len(v) for v in columns.values())
+    return summary
+
+
+def lpips_metric() -> tuple[object | None, str]:
+    """LPIPS when the ``lpips`` package and its network weights are present locally; else a reason."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return None, "unavailable: the lpips package is not installed"
+    return None, "unavailable: lpips needs torchvision's ImageNet weights, which medsr does not install"
+
+
+def with_blur(protocol: Protocol, sigma: float | None) -> Protocol:
+    return protocol if sigma is None else replace(protocol, blur_sigma=sigma)
