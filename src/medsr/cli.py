@@ -214,10 +214,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
     protocol = ev.with_blur(ev.PROTOCOLS[args.protocol], args.blur_sigma)
     samples = [s for folder in args.data for s in ev.find_samples(folder)][: args.max_images or None]
+    if len({s.name for s in samples}) < len(samples):  # figures are named by image
+        raise ValueError("two input images share a name; evaluate their folders separately")
     if not samples:
         raise ValueError("no images found in " + ", ".join(map(str, args.data)))
-    models = ev.build_models(["bicubic", "lanczos", "realesrgan-x4plus", *args.model], tile=args.tile,
-                             device=args.device)
+    baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
+    models = ev.build_models([*baselines, *args.model], tile=args.tile, device=args.device)
     lpips, lpips_status = ev.lpips_metric()
     options = ev.Options(protocol=protocol, ssim_convention=args.ssim, lpips=lpips)
     failed = []
@@ -339,8 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", nargs="+", type=Path, metavar="FOLDER",
                     help="image folders (plain, or DRIVE/STARE/CHASE_DB1 layouts with vessel annotations)")
     ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4"])
+    ev.add_argument("--baselines", default="bicubic,lanczos,realesrgan-x4plus",
+                    help="comma-separated reference methods (default: bicubic,lanczos,realesrgan-x4plus)")
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
-                    help="extra model (exported or checkpoint), besides bicubic, Lanczos and realesrgan-x4plus")
+                    help="a model to compare (exported safetensors or training checkpoint); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
     ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"])
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from safetensors.torch import save_file
+
+from medsr.cli import main
+from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_any
+from medsr.image import Image
+
+from .conftest import random_image, shared_image
+
+
+@pytest.mark.parametrize("name, lr, gt", [("retina-x2", 256, 512), ("cxr-x4", 256, 1024)])
+def test_protocol_sizes(name, lr, gt):
+    image = Image(pixels=np.random.default_rng(0).random((3, 300, 200)).astype(np.float32))
+    low, high = make_pair(image, PROTOCOLS[name])
+    assert low.shape == (3, lr, lr) and high.shape == (3, gt, gt)
+    assert 0 <= low.min() and low.max() <= 1
+
+
+def test_layouts_with_annotations(tmp_path):
+    drive = tmp_path / "DRIVE" / "test"
+    (drive / "images").mkdir(parents=True)
+    (drive / "1st_manual").mkdir()
+    PILImage.fromarray(random_image(40, 40, 3)).save(drive / "images" / "01_test.tif")
+    PILImage.fromarray(random_image(40, 40, 1).squeeze()).save(drive / "1st_manual" / "01_manual1.gif")
+    samples = find_samples(drive)
+    assert [(s.name, s.annotation.name) for s in samples] == [("01_test", "01_manual1.gif")]
+    stare = find_samples(shared_image("retina/STARE"))
+    assert len(stare) == 20 and stare[0].annotation.name == "im0001.ah.png"
+    chase = find_samples(shared_image("retina/CHASE_DB1"))
+    assert len(chase) == 14 and chase[0].annotation.name == "Image_01L_1stHO.png"
+    assert read_any(drive / "1st_manual" / "01_manual1.gif").pixels.shape == (3, 40, 40)
+
+
+def test_evaluate_end_to_end(tmp_path, tiny_net, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(300, 260, 3)).save(data / "a.png")
+    PILImage.fromarray(random_image(120, 200, 1, np.uint16).squeeze()).save(data / "b16.png")  # mixed sizes
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    save_file(tiny_net.state_dict(), tmp_path / "tiny.safetensors")
+    args = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
+            "--model", str(tmp_path / "tiny.safetensors"), "-o", str(tmp_path / "report")]
+    assert main(args) == 1  # one file failed
+    captured = capsys.readouterr()
+    assert "broken.png: not a PNG file" in captured.err
+    assert "| bicubic | 2 |" in captured.out and "| tiny.safetensors | 2 |" in captured.out
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["settings"]["skipped"] == 1 and summary["settings"]["LPIPS"].startswith("unavailable")
+    assert summary["summary"]["lanczos"]["psnr"] > 10
+    rows = (tmp_path / "report" / "per_image.csv").read_text().splitlines()
+    assert rows[0].startswith("image,model,psnr,ssim") and len(rows) == 1 + 2 * 3
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page and "unavailable" in page
+    assert (tmp_path / "report" / "figures" / "a.png").exists()
+    # Deterministic: a second run writes the same numbers.
+    assert main([*args[:-1], str(tmp_path / "again")]) == 1
+    assert (tmp_path / "again" / "per_image.csv").read_text() == (tmp_path / "report" / "per_image.csv").read_text()
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
