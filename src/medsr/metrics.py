@@ -24,7 +24,8 @@ def _prepare(a: np.ndarray, b: np.ndarray, crop_border: int, y_channel: bool, da
     if y_channel and a.shape[0] == 3:
         a, b = luma(a, data_range), luma(b, data_range)
     if crop_border:
-        a, b = a[:, crop_border:-crop_border, crop_border:-crop_border], b[:, crop_border:-crop_border, crop_border:-crop_border]
+        inner = np.s_[:, crop_border:-crop_border, crop_border:-crop_border]
+        a, b = a[inner], b[inner]
     return a, b
 
 

@@ -61,7 +61,8 @@ def region_of_difference(outputs: dict[str, np.ndarray], fraction: int = 6) -> t
 def comparison_figure(result: Result, region: tuple[int, int, int, int] | None = None) -> PILImage.Image:
     """Columns LR | models... | GT; rows: whole image, magnified region, error |SR - GT| x 4."""
     gt_size = result.gt.shape[-1]
-    columns = {"LR": np.repeat(np.repeat(result.lr, gt_size // result.lr.shape[-1], 1), gt_size // result.lr.shape[-1], 2)}
+    factor = gt_size // result.lr.shape[-1]
+    columns = {"LR": np.repeat(np.repeat(result.lr, factor, 1), factor, 2)}
     columns.update(result.outputs)
     columns["ground truth"] = result.gt
     x, y, w, h = region or region_of_difference(result.outputs)
