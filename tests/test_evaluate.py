@@ -60,3 +60,25 @@ def test_evaluate_end_to_end(tmp_path, tiny_net, capsys):
     assert main([*args[:-1], str(tmp_path / "again")]) == 1
     assert (tmp_path / "again" / "per_image.csv").read_text() == (tmp_path / "report" / "per_image.csv").read_text()
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason="headless check needs Debian's chromium")
+def test_report_renders_in_headless_chromium(tmp_path):
+    import subprocess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(200, 200, 3)).save(data / "a.png")
+    assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
+                 "-o", str(tmp_path / "report")]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
+                    (tmp_path / "report" / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    picture = np.asarray(PILImage.open(shot).convert("L"))
+    assert picture.shape == (1600, 1200)
+    assert (picture < 128).mean() > 0.01  # text, tables and the figure drew something dark
