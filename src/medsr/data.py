@@ -90,10 +90,16 @@ class HRImages:
 # Preparation
 
 
-def _new_folder(dst: Path) -> None:
+def _sources(src: str | Path, dst: Path) -> Iterator[tuple[Path, Image]]:
+    """The images of ``src``, once ``dst`` is created new (an existing folder is refused)."""
+    files = image_files(src)
+    if not files:
+        raise ValueError(f"{src}: no images found")
     if dst.exists():
         raise ValueError(f"{dst}: already exists; give a new output folder (nothing was written)")
     dst.mkdir(parents=True)
+    for path in files:
+        yield path, read_image(path)
 
 
 def _output_name(dst: Path, source: Path, tag: str) -> Path:
@@ -110,12 +116,8 @@ def prepare_multiscale(src: str | Path, dst: str | Path, *, scales: tuple[float,
                        shortest_side: int = 400) -> Iterator[Path]:
     """Write every image of ``src`` at full size, Lanczos-downscaled by each of ``scales``, and with
     its shortest side resized to ``shortest_side``: 5 images per input with the defaults."""
-    files, dst = image_files(src), Path(dst)
-    if not files:
-        raise ValueError(f"{src}: no images found")
-    _new_folder(dst)
-    for path in files:
-        image = read_image(path)
+    dst = Path(dst)
+    for path, image in _sources(src, dst):
         height, width = image.size
         versions = [("", image)]
         versions += [(f"_x{s:.3g}", _resized(image, round(height * s), round(width * s))) for s in scales]
@@ -142,12 +144,8 @@ def prepare_crops(src: str | Path, dst: str | Path, *, size: int = 400, step: in
     (smaller images are kept whole)."""
     if size <= 0 or step <= 0:
         raise ValueError(f"size {size} and step {step} must be positive")
-    files, dst = image_files(src), Path(dst)
-    if not files:
-        raise ValueError(f"{src}: no images found")
-    _new_folder(dst)
-    for path in files:
-        image = read_image(path)
+    dst = Path(dst)
+    for path, image in _sources(src, dst):
         height, width = image.size
         for i, top in enumerate(crop_positions(height, size, step)):
             for j, left in enumerate(crop_positions(width, size, step)):
