@@ -9,15 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
-from medsr.io import quantize, read_image
-
-
-def to_pil(pixels: np.ndarray) -> Image.Image:
-    array = quantize(np.moveaxis(pixels, 0, 2), 255)
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).convert("RGB")
+from medsr.figures import to_pil
+from medsr.io import read_image
 
 
 def main() -> None:

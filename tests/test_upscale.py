@@ -149,3 +149,17 @@ def test_upscale_accepts_a_path_and_returns_an_image(tmp_path, tiny_net):
     PILImage.fromarray(random_image(8, 6, 3)).save(tmp_path / "a.png")
     sr = medsr.upscale(tmp_path / "a.png", model=tiny_net)
     assert isinstance(sr, medsr.Image) and sr.size == (32, 24)
+
+
+def test_demo_figure_script(tmp_path, tiny_net):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    PILImage.fromarray(random_image(16, 16, 3)).save(tmp_path / "lr.png")
+    medsr.write_image(tmp_path / "sr.png", medsr.upscale(tmp_path / "lr.png", model=tiny_net))
+    script = Path(__file__).resolve().parents[1] / "examples" / "make_figure.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "lr.png"), str(tmp_path / "sr.png"),
+                    "-o", str(tmp_path / "figure.png")], check=True, capture_output=True)
+    with PILImage.open(tmp_path / "figure.png") as figure:
+        assert figure.width == 3 * 64
