@@ -12,7 +12,7 @@ from tqdm import tqdm
 from medsr import dicom, weights
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions
 from medsr.infer import pick_device, pick_precision
-from medsr.io import WRITERS, ImageError, read_image, reader_for, write_image
+from medsr.io import WRITERS, ImageError, image_files, read_image, reader_for, write_image
 from medsr.upscale import DEFAULT_MODEL, upscale
 
 
@@ -33,8 +33,7 @@ def plan_outputs(inputs: list[Path], out: Path, ext: str | None) -> tuple[list[t
     problems, sources = [], []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and reader_for(p)
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            found = image_files(item)
             if not found:
                 problems.append(f"{item}: folder holds no image files")
             sources += [(p, p.relative_to(item)) for p in found]

@@ -12,17 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from medsr.image import Image
-from medsr.io import read_image, reader_for, write_image
+from medsr.io import image_files, read_image, write_image
 from medsr.upscale import resize_lanczos
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden ones skipped), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and reader_for(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def as_rgb(image: Image) -> torch.Tensor:

@@ -167,6 +167,15 @@ def reader_for(path: Path) -> Callable[[Path, ReadOptions], Image] | None:
     return reader
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden ones skipped), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and reader_for(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def read_image(path: str | Path, options: ReadOptions | None = None) -> Image:
     """Read an image file; raise ImageError naming the file and the problem."""
     path, options = Path(path), options or ReadOptions()

@@ -22,10 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medsr import checkpoint, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
-from medsr.data import HRImages, as_rgb, image_files
+from medsr.data import HRImages, as_rgb
 from medsr.degrade import PairPool, apply, sample
 from medsr.infer import pick_device
-from medsr.io import read_image
+from medsr.io import image_files, read_image
 from medsr.losses import PerceptualLoss, gan_loss
 from medsr.metrics import psnr, ssim
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
