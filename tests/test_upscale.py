@@ -30,6 +30,8 @@ def test_outscale_resizes_after_the_network(tiny_net):
     assert medsr.upscale(lq, model=tiny_net, outscale=1.5).shape == (18, 15, 3)
     with pytest.raises(ValueError, match="outscale must be positive"):
         medsr.upscale(lq, model=tiny_net, outscale=-1)
+    with pytest.raises(ValueError, match="outscale must be positive"):
+        medsr.upscale(lq, model=tiny_net, outscale=0)
 
 
 def test_constant_alpha_stays_constant(tiny_net):

@@ -59,7 +59,7 @@ def upscale(
     elif not isinstance(image, Image):
         image = read_image(image)
     net = model if isinstance(model, torch.nn.Module) else load_model(model)
-    outscale = float(outscale or net.scale)
+    outscale = float(net.scale if outscale is None else outscale)
     if outscale <= 0:
         raise ValueError(f"outscale must be positive, got {outscale}")
     height, width = image.size
