@@ -237,7 +237,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
               f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
         "PSNR/SSIM": f"on the source's integer range (8-bit: 255, 16-bit: 65535); SSIM convention {args.ssim}",
-        "LPIPS": "computed" if lpips else lpips_status,
+        "LPIPS": lpips_status,
         "models": ", ".join(m.name for m in models),
     }
     path = write_report(args.output, results, summary, settings, figures=args.figures, region=region)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +154,7 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
 class Options:
     protocol: Protocol
     ssim_convention: str = "realesrgan"
-    lpips: object | None = None  # a callable (sr, gt) -> float when LPIPS weights are present
-    extra: dict = field(default_factory=dict)
+    lpips: Callable[[np.ndarray, np.ndarray], float] | None = None  # when LPIPS weights are present
 
 
 def _gray(pixels: np.ndarray, vessels: bool) -> np.ndarray:
@@ -237,13 +236,27 @@ def summarise(results: list[Result]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def lpips_metric() -> tuple[object | None, str]:
-    """LPIPS when the ``lpips`` package and its network weights are present locally; else a reason."""
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, which LPIPS builds on
+
+
+def lpips_metric() -> tuple[Callable[[np.ndarray, np.ndarray], float] | None, str]:
+    """LPIPS (AlexNet) when the ``lpips`` package and torchvision's AlexNet weights are present
+    locally, so that nothing is downloaded; otherwise None and the reason."""
     try:
-        import lpips  # noqa: F401
+        import lpips
     except ImportError:
         return None, "unavailable: the lpips package is not installed"
-    return None, "unavailable: lpips needs torchvision's ImageNet weights, which medsr does not install"
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    if not weights.is_file():
+        return None, f"unavailable: AlexNet weights {weights} are not present"
+    model = lpips.LPIPS(net="alex", verbose=False).eval()
+
+    def score(sr: np.ndarray, gt: np.ndarray) -> float:
+        to_tensor = lambda a: torch.from_numpy(a).float().expand(3, -1, -1)[None] * 2 - 1  # noqa: E731
+        with torch.no_grad():
+            return float(model(to_tensor(sr), to_tensor(gt)))
+
+    return score, "computed: LPIPS (AlexNet)"
 
 
 def with_blur(protocol: Protocol, sigma: float | None) -> Protocol:
