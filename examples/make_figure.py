@@ -1,6 +1,7 @@
-"""Side-by-side figure: LR (pixel-repeated) | bicubic | model output, whole image and a magnified region.
+"""Side-by-side figure: LR (pixel-repeated) | bicubic | model outputs, whole image and a magnified region.
 
-Usage: python examples/make_figure.py LR_IMAGE SR_IMAGE -o FIGURE.png [--box X,Y,W,H] [--label NAME]
+Usage: python examples/make_figure.py LR_IMAGE SR_IMAGE [SR_IMAGE ...] -o FIGURE.png [--box X,Y,W,H]
+       [--labels NAME,NAME,...]
 (the box is in LR pixels; default: the centre quarter).
 """
 
@@ -18,20 +19,24 @@ from medsr.io import read_image
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lr", type=Path)
-    parser.add_argument("sr", type=Path)
+    parser.add_argument("sr", type=Path, nargs="+")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--box", default=None, help="X,Y,W,H of the magnified region in LR pixels")
-    parser.add_argument("--label", default="Real-ESRGAN x4plus")
+    parser.add_argument("--labels", default=None, help="one label per SR image (default: file names)")
     args = parser.parse_args()
 
-    lr, sr = to_pil(read_image(args.lr).pixels), to_pil(read_image(args.sr).pixels)
+    labels = args.labels.split(",") if args.labels else [str(p) for p in args.sr]
+    if len(labels) != len(args.sr):
+        parser.error(f"{len(labels)} labels for {len(args.sr)} SR images")
+    lr, outputs = to_pil(read_image(args.lr).pixels), [to_pil(read_image(p).pixels) for p in args.sr]
+    sr = outputs[0]
     scale = sr.width // lr.width
     x, y, w, h = (int(v) for v in args.box.split(",")) if args.box else (
         lr.width // 4, lr.height // 4, lr.width // 2, lr.height // 2)
     panels = {
         "LR (pixels repeated)": lr.resize(sr.size, Image.Resampling.NEAREST),
         "bicubic": lr.resize(sr.size, Image.Resampling.BICUBIC),
-        args.label: sr,
+        **dict(zip(labels, outputs, strict=True)),
     }
     box = (x * scale, y * scale, (x + w) * scale, (y + h) * scale)
     tile = sr.width

@@ -164,4 +164,4 @@ def test_demo_figure_script(tmp_path, tiny_net):
     subprocess.run([sys.executable, str(script), str(tmp_path / "lr.png"), str(tmp_path / "sr.png"),
                     "-o", str(tmp_path / "figure.png")], check=True, capture_output=True)
     with PILImage.open(tmp_path / "figure.png") as figure:
-        assert figure.width == 3 * 64
+        assert figure.width == 3 * 64  # LR, bicubic, one SR

@@ -7,13 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from medsr import dicom, weights
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions
 from medsr.infer import pick_device, pick_precision
 from medsr.io import WRITERS, ImageError, image_files, read_image, reader_for, write_image
-from medsr.upscale import DEFAULT_MODEL, upscale
+from medsr.upscale import DEFAULT_MODEL, model_for, upscale
 
 
 def _error(message: str) -> None:
@@ -76,11 +77,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         _error(problem)
     device = pick_device(args.device)
     dtype = pick_precision(args.precision, device)
-    try:
-        net = weights.load_model(args.model)
-    except weights.WeightsError as exc:
-        _error(str(exc))
-        return 1
+    nets: dict[str, torch.nn.Module] = {}  # loaded once each, by name
+    used: dict[str, int] = {}
     failed, done, start = len(problems), 0, time.perf_counter()
     for source, target in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
         if target.exists() and not args.overwrite:
@@ -89,7 +87,11 @@ def run_upscale(args: argparse.Namespace) -> int:
             continue
         try:
             image = read_image(source, options)
-            with tqdm(desc=source.name, unit="tile", leave=False) as bar:
+            name = str(model_for(image, args.model))
+            if name not in nets:
+                nets[name] = weights.load_model(name)
+            net = nets[name]
+            with tqdm(desc=f"{source.name} [{net.name}]", unit="tile", leave=False) as bar:
                 def progress(n: int, total: int, bar: tqdm = bar) -> None:
                     bar.total = total
                     bar.update(n - bar.n)
@@ -97,13 +99,18 @@ def run_upscale(args: argparse.Namespace) -> int:
                              precision=args.precision, progress=progress)
             write_image(target, sr, overwrite=args.overwrite)
             done += 1
+            used[net.name] = used.get(net.name, 0) + 1
+        except weights.WeightsError as exc:
+            _error(str(exc))
+            return 1
         except (ImageError, ValueError, RuntimeError) as exc:
             _error(str(exc) if str(source) in str(exc) else f"{source}: {exc}")
             failed += 1
     seconds = time.perf_counter() - start
-    scale = args.outscale or net.scale
+    scale = args.outscale or max((net.scale for net in nets.values()), default=4)
     precision = str(dtype).removeprefix("torch.")
-    print(f"upscaled {done} image(s) x{scale:g} with {net.name} on {device.type} ({precision}) "
+    models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "-"
+    print(f"upscaled {done} image(s) x{scale:g} with {models} on {device.type} ({precision}) "
           f"in {seconds:.1f} s; {failed} failed")
     return 1 if failed else 0
 
@@ -252,6 +259,8 @@ def run_weights(args: argparse.Namespace) -> int:
             cached = weights.cached_path(spec)
             ncnn = weights.ncnn_files(spec)
             where = f"cached at {cached}" if cached.is_file() else "not cached"
+            if spec.packaged:
+                where = f"shipped at {weights.PACKAGED_DIR / spec.packaged}"
             offline = "; offline copy available" if ncnn else ""
             print(f"{spec.name:22s} {spec.description} [{where}{offline}]")
         return 0
@@ -284,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     up.add_argument("-o", "--output", type=Path, required=True, help="output folder, or file for one input")
     up.add_argument("--outscale", type=float, default=None, help="final scale (default: the model's, 4)")
-    up.add_argument("--model", default=DEFAULT_MODEL, help=f"known name or checkpoint path (default {DEFAULT_MODEL})")
+    up.add_argument("--model", default=DEFAULT_MODEL,
+                    help="auto (default: cxr for gray images, retina for colour), a known name such as "
+                         "realesrgan-x4plus, or a checkpoint path")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

@@ -393,4 +393,5 @@ def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool =
     tensors = {k: v.half().contiguous() for k, v in state["net_g_ema"].items()}
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(output), metadata={"iteration": str(state["iteration"]), "source": "medsr finetune"})
+    os.chmod(output, 0o644)  # an ordinary readable file, whatever the writer's temporary mode
     return output

