@@ -39,7 +39,6 @@ PROTOCOLS = {
     "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True),
     "cxr-x4": Protocol(name="cxr-x4", gt_size=1024, scale=4),
 }
-BASELINES = ("bicubic", "lanczos")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +141,7 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
                 sr = upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device)
                 return sr.pixels
 
-            models.append(Model(net.name if Path(name).exists() else name, run))
+            models.append(Model(net.name, run))  # the known name, or the file name of a checkpoint
     return models
 
 
