@@ -169,3 +169,27 @@ def test_two_cpu_processes_with_gloo(train_dir, tmp_path):
     assert state["iteration"] == 4 and len(state["rng"]) == 2
     assert state["rng"][0]["generators"]["crop"].ne(state["rng"][1]["generators"]["crop"]).any()
     assert result.stdout.count("iter 4/4") == 1  # rank 0 alone reports
+
+
+def test_pixel_only_run_has_no_discriminator_and_resumes_exactly(train_dir, tmp_path):
+    # The fidelity recipe (Real-ESRNet stage): gan_weight 0 means no discriminator at all.
+    extra = ("loss.gan_weight=0", "model.d_warmup_iters=0", "degrade.sharpen.weight=0")
+    run = build(tiny(train_dir, *extra), tmp_path / "built")
+    assert run.net_d is None and run.optim_d is None
+    logs, _, _ = train_step(run)
+    assert set(logs) == {"l_pix"} and np.isfinite(logs["l_pix"])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in run.net_g.parameters())
+    straight = finetune(tiny(train_dir, *extra), tmp_path / "a")
+    finetune(tiny(train_dir, *extra, "run.iterations=2"), tmp_path / "b")
+    rest = finetune(tiny(train_dir, *extra), tmp_path / "b", resume=True)
+    assert straight[2:] == rest
+    assert checkpoint.load(tmp_path / "b" / "latest.pth")["net_d"] is None
+
+
+def test_fidelity_presets_are_pixel_only():
+    for name in ("retina-fidelity", "cxr-fidelity"):
+        config = build_config(preset=name)
+        assert config.loss.gan_weight == 0 and config.loss.perceptual_weight == 0
+        assert config.degrade.sharpen.weight == 0  # the target is the true ground truth
+    with pytest.raises(ValueError, match="init_d"):
+        build_config(overrides=("loss.gan_weight=0", "model.init_d=netD.pth"))

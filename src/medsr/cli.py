@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from medsr import dicom, weights
+from medsr.config import PRESETS
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions
 from medsr.infer import pick_device, pick_precision
 from medsr.io import WRITERS, ImageError, image_files, read_image, reader_for, write_image
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, logs, config)")
     ft.add_argument("--data", default=None, help="folder of high-resolution training images")
     ft.add_argument("--val", default=None, help="folder of high-resolution validation images")
-    ft.add_argument("--preset", default=None, help="retina, cxr or cpu-light")
+    ft.add_argument("--preset", default=None, help="one of: " + ", ".join(PRESETS))
     ft.add_argument("--config", default=None, help="YAML file of settings")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. run.iterations=500")
     ft.add_argument("--resume", action="store_true", help="continue the run in --output")

@@ -45,11 +45,11 @@ class Run:
     world_size: int
     net_g: RRDBNet
     net_g_ema: RRDBNet
-    net_d: UNetDiscriminatorSN
+    net_d: UNetDiscriminatorSN | None  # None when loss.gan_weight is 0 (pixel-only fidelity recipe)
     optim_g: torch.optim.Optimizer
-    optim_d: torch.optim.Optimizer
+    optim_d: torch.optim.Optimizer | None
     sched_g: torch.optim.lr_scheduler.MultiStepLR
-    sched_d: torch.optim.lr_scheduler.MultiStepLR
+    sched_d: torch.optim.lr_scheduler.MultiStepLR | None
     perceptual: PerceptualLoss | None
     data: HRImages
     pool: PairPool
@@ -94,24 +94,22 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
     torch.manual_seed(seed + rank)
     generators = {name: torch.Generator().manual_seed(seed * 10 + i + (0 if name == "order" else 1000 * rank))
                   for i, name in enumerate(GENERATORS)}
-    net_g, net_d = rrdbnet(config.model.preset), unet_discriminator(config.model.preset)
+    net_g = rrdbnet(config.model.preset).to(device)
+    net_d = unet_discriminator(config.model.preset).to(device) if config.loss.gan_weight > 0 else None
     perceptual = None
     if config.loss.perceptual_weight > 0:
         layers = tuple(config.loss.perceptual_layers)
         perceptual = PerceptualLoss(weights.load_vgg19(config.loss.vgg_weights, layers=layers),
                                     layer_weights=config.loss.perceptual_layers).to(device)
-    optim = config.optim
-    net_g, net_d = net_g.to(device), net_d.to(device)
     if config.run.channels_last and device.type == "cuda":
-        net_g, net_d = net_g.to(memory_format=torch.channels_last), net_d.to(memory_format=torch.channels_last)
-    optim_g = torch.optim.Adam(net_g.parameters(), lr=optim.lr_g, betas=optim.betas)
-    optim_d = torch.optim.Adam(net_d.parameters(), lr=optim.lr_d, betas=optim.betas)
+        net_g = net_g.to(memory_format=torch.channels_last)
+        net_d = net_d.to(memory_format=torch.channels_last) if net_d is not None else None
+    optim_g, sched_g = _optimizer(net_g, config.optim.lr_g, config)
+    optim_d, sched_d = _optimizer(net_d, config.optim.lr_d, config) if net_d is not None else (None, None)
     run = Run(
         config=config, run_dir=run_dir, device=device, rank=rank, world_size=world_size,
         net_g=net_g, net_g_ema=copy.deepcopy(net_g).eval().requires_grad_(False), net_d=net_d,
-        optim_g=optim_g, optim_d=optim_d,
-        sched_g=torch.optim.lr_scheduler.MultiStepLR(optim_g, list(optim.milestones), optim.gamma),
-        sched_d=torch.optim.lr_scheduler.MultiStepLR(optim_d, list(optim.milestones), optim.gamma),
+        optim_g=optim_g, optim_d=optim_d, sched_g=sched_g, sched_d=sched_d,
         perceptual=perceptual,
         data=HRImages(config.data.train, gt_size=config.data.gt_size, use_hflip=config.data.use_hflip,
                       rank=rank, world_size=world_size),
@@ -120,9 +118,15 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
     )
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
-        run.ddp = {"g": DistributedDataParallel(net_g, device_ids=ids),
-                   "d": DistributedDataParallel(net_d, device_ids=ids)}
+        run.ddp = {"g": DistributedDataParallel(net_g, device_ids=ids)}
+        if net_d is not None:
+            run.ddp["d"] = DistributedDataParallel(net_d, device_ids=ids)
     return run
+
+
+def _optimizer(net: torch.nn.Module, lr: float, config: TrainConfig):
+    optim = torch.optim.Adam(net.parameters(), lr=lr, betas=config.optim.betas)
+    return optim, torch.optim.lr_scheduler.MultiStepLR(optim, list(config.optim.milestones), config.optim.gamma)
 
 
 def init_pretrained(run: Run) -> None:
@@ -136,7 +140,7 @@ def init_pretrained(run: Run) -> None:
     if model.init_d != "scratch":
         loaded_d = weights.load_discriminator(model.init_d, preset=model.preset)
         run.net_d.load_state_dict(loaded_d.state_dict())
-    run.warmup_done = model.init_d != "scratch" or model.d_warmup_iters == 0
+    run.warmup_done = run.net_d is None or model.init_d != "scratch" or model.d_warmup_iters == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,16 +156,21 @@ def _all_rng_states(run: Run) -> list[dict]:
     return gathered
 
 
+RESUMABLE = ("net_g", "net_d", "optim_g", "optim_d", "sched_g", "sched_d", "pool", "data")
+
+
+def _state_of(part) -> dict | None:
+    return None if part is None else part.state_dict()
+
+
 def save(run: Run) -> None:
     rng = _all_rng_states(run)  # every rank takes part in the gather
     if run.rank != 0:
         return
     state = {
         "iteration": run.iteration, "warmup_done": run.warmup_done, "config": to_dict(run.config),
-        "net_g": run.net_g.state_dict(), "net_g_ema": run.net_g_ema.state_dict(), "net_d": run.net_d.state_dict(),
-        "optim_g": run.optim_g.state_dict(), "optim_d": run.optim_d.state_dict(),
-        "sched_g": run.sched_g.state_dict(), "sched_d": run.sched_d.state_dict(),
-        "pool": run.pool.state_dict(), "data": run.data.state_dict(), "rng": rng,
+        "net_g_ema": run.net_g_ema.state_dict(), "rng": rng,
+        **{name: _state_of(getattr(run, name)) for name in RESUMABLE},
     }
     checkpoint.save(run.run_dir / "latest.pth", state)
     keep = run.config.run.keep_every
@@ -170,11 +179,14 @@ def save(run: Run) -> None:
 
 
 def restore(run: Run, state: dict) -> None:
-    run.net_g.load_state_dict(state["net_g"])
     run.net_g_ema.load_state_dict(state["net_g_ema"])
-    run.net_d.load_state_dict(state["net_d"])
-    for name in ("optim_g", "optim_d", "sched_g", "sched_d", "pool", "data"):
-        getattr(run, name).load_state_dict(state[name])
+    for name in RESUMABLE:
+        part = getattr(run, name)
+        if (part is None) != (state[name] is None):
+            raise ValueError(f"checkpoint {'lacks' if state[name] is None else 'has'} {name} but the config "
+                             f"{'has' if state[name] is None else 'lacks'} it (loss.gan_weight changed?)")
+        if part is not None:
+            part.load_state_dict(state[name])
     run.iteration, run.warmup_done = state["iteration"], state["warmup_done"]
     if len(state["rng"]) != run.world_size:
         raise ValueError(f"checkpoint was written by {len(state['rng'])} processes; resume with as many")
@@ -221,23 +233,27 @@ def train_step(run: Run) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """G step with D frozen, then D step on the unsharpened GT, then EMA: (losses, lq, sr)."""
     loss = run.config.loss
     lq, gt_usm, gt = degraded_batch(run)
-    run.net_d.requires_grad_(False)
+    if run.net_d is not None:
+        run.net_d.requires_grad_(False)
     run.optim_g.zero_grad(set_to_none=True)
     with _autocast(run):
         sr = run.ddp_g(lq)
         logs = {"l_pix": loss.pixel_weight * F.l1_loss(sr.float(), gt_usm)}
         if run.perceptual is not None:
             logs["l_percep"] = loss.perceptual_weight * run.perceptual(sr.float(), gt_usm)
-        logs["l_gan"] = loss.gan_weight * gan_loss(run.net_d(sr).float(), real=True)
+        if run.net_d is not None:
+            logs["l_gan"] = loss.gan_weight * gan_loss(run.net_d(sr).float(), real=True)
     sum(logs.values()).backward()
     run.optim_g.step()
-    logs = {k: v.item() for k, v in logs.items()} | d_step(run, gt, sr)
+    logs = {k: v.item() for k, v in logs.items()}
+    if run.net_d is not None:
+        logs |= d_step(run, gt, sr)
+        run.sched_d.step()
     decay = run.config.model.ema_decay
     with torch.no_grad():
         for ema, p in zip(run.net_g_ema.parameters(), run.net_g.parameters(), strict=True):
             ema.lerp_(p, 1 - decay)
     run.sched_g.step()
-    run.sched_d.step()
     return logs, lq, sr.detach()
 
 
