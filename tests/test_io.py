@@ -47,13 +47,21 @@ def test_lossless_formats_round_trip_exactly(tmp_path, name, channels, dtype):
     np.testing.assert_array_equal(out, array.squeeze())
 
 
-def test_bit_depth_comes_from_the_file_not_the_values(tmp_path):
-    # A dark 16-bit image (all values < 256) must stay 16-bit; upstream guesses 8-bit from max < 256.
+def test_container_comes_from_the_file_and_range_from_the_data(tmp_path):
+    # A dark 16-bit image (all values < 256) stays a 16-bit file (upstream writes 8-bit for max < 256);
+    # its value range is the smallest clinical bit range holding the data: 8 bits.
     dark = np.arange(200, dtype=np.uint16).reshape(10, 20)
     PILImage.fromarray(dark).save(tmp_path / "dark16.png")
     image = read_image(tmp_path / "dark16.png")
-    assert image.bit_depth == 16 and image.max_value == 65535
-    assert image.pixels.max() == pytest.approx(199 / 65535)
+    assert image.bit_depth == 16 and image.value_range == (0, 255)
+    assert image.range_reason == "data: maximum 199 fits 8 bits"
+    assert image.pixels.max() == pytest.approx(199 / 255)
+    full = read_image(tmp_path / "dark16.png", ReadOptions(value_range="full"))
+    assert full.value_range == (0, 65535) and full.pixels.max() == pytest.approx(199 / 65535)
+    write_image(tmp_path / "back.png", image)
+    with PILImage.open(tmp_path / "back.png") as im:
+        assert im.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(im), dark)
     # A 16-bit colour PNG, which Pillow alone would read as 8-bit.
     rgb = np.full((4, 5, 3), 300, np.uint16)
     png.from_array(rgb.reshape(4, 15), "RGB;16").save(tmp_path / "c16.png")
@@ -68,9 +76,9 @@ def test_12bit_pgm_keeps_its_maxval(tmp_path):
     assert image.pixels[0, 0, 2] == 1.0
     write_image(tmp_path / "y.pgm", image)
     assert (tmp_path / "y.pgm").read_bytes() == (tmp_path / "x.pgm").read_bytes().replace(b"# a comment\n", b"")
-    # Formats without a maxval get the full 16-bit range.
+    # Formats without a maxval keep the values (0..4095 in a 16-bit file), not a rescaled copy.
     write_image(tmp_path / "y.png", image)
-    assert read_image(tmp_path / "y.png").to_array()[0, 2] == 65535
+    np.testing.assert_array_equal(read_image(tmp_path / "y.png").to_array(), values)
 
 
 def test_jpeg_reads_as_8bit_rgb_and_gray(tmp_path):
@@ -90,8 +98,9 @@ def test_palette_and_bilevel_images_are_expanded(tmp_path):
 
 
 def test_shared_rgba_chest_xray_reads_with_alpha():
+    # The NIH set's RGBA files are gray pictures in a colour container: one channel of content.
     image = read_image(next(shared_image("cxr/NIH-ChestXray14/odd-rgba").glob("*.png")))
-    assert image.pixels.shape == (3, 1024, 1024) and image.alpha is not None
+    assert image.pixels.shape == (1, 1024, 1024) and image.stored_as_rgb and image.alpha is not None
 
 
 @pytest.mark.parametrize(

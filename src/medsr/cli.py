@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -12,10 +13,14 @@ from tqdm import tqdm
 
 from medsr import dicom, weights
 from medsr.config import PRESETS
-from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions
+from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
 from medsr.io import WRITERS, ImageError, image_files, read_image, reader_for, write_image
 from medsr.upscale import DEFAULT_MODEL, model_for, upscale
+
+RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
+              "smallest of 8/10/12/14/16 bits that holds the data), full (the file type's range) or LO,HI "
+              "(default: auto)")
 
 
 def _error(message: str) -> None:
@@ -72,7 +77,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None and args.outscale <= 0:
         raise ValueError(f"--outscale {args.outscale}: must be positive")
-    options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window))
+    options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
+                          value_range=parse_range(args.range))
     pairs, problems = plan_outputs(args.inputs, args.output, ext)
     for problem in problems:
         _error(problem)
@@ -80,6 +86,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     dtype = pick_precision(args.precision, device)
     nets: dict[str, torch.nn.Module] = {}  # loaded once each, by name
     used: dict[str, int] = {}
+    paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
     failed, done, start = len(problems), 0, time.perf_counter()
     for source, target in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
         if target.exists() and not args.overwrite:
@@ -101,6 +108,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             write_image(target, sr, overwrite=args.overwrite)
             done += 1
             used[net.name] = used.get(net.name, 0) + 1
+            paths[describe_values(image)] += 1
         except weights.WeightsError as exc:
             _error(str(exc))
             return 1
@@ -113,7 +121,26 @@ def run_upscale(args: argparse.Namespace) -> int:
     models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "-"
     print(f"upscaled {done} image(s) x{scale:g} with {models} on {device.type} ({precision}) "
           f"in {seconds:.1f} s; {failed} failed")
+    for path, count in sorted(paths.items()):
+        print(f"  {count} image(s): {path}")
     return 1 if failed else 0
+
+
+def parse_range(text: str) -> str | tuple[float, float]:
+    """``auto``, ``full`` or ``LO,HI`` from the command line -> ReadOptions.value_range."""
+    if text in ("auto", "full"):
+        return text
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--range {text!r}: give auto, full or LO,HI (e.g. 0,4095)") from None
+    check_value_range((low, high))
+    return low, high
+
+
+def describe_values(image) -> str:
+    """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be."""
+    return f"{image.mode}, values {image.min_value:g}..{image.max_value:g} ({image.range_reason})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,11 +154,10 @@ def run_info(args: argparse.Namespace) -> int:
             if reader_for(path) is dicom.read_dicom:
                 rows = dicom.describe(path)
             else:
-                image = read_image(path, ReadOptions(max_pixels=args.max_pixels))
+                image = read_image(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
                 height, width = image.size
-                mode = ("gray" if image.is_gray else "RGB") + ("+alpha" if image.alpha is not None else "")
-                rows = [("size", f"{width} x {height}"), ("mode", mode),
-                        ("bits", f"{image.bit_depth} (values 0..{image.max_value})")]
+                rows = [("size", f"{width} x {height}"), ("mode", image.mode), ("bits", f"{image.bit_depth}"),
+                        ("value range", f"{image.min_value:g}..{image.max_value:g} ({image.range_reason})")]
                 rows += [(key, str(image.meta[key])) for key in ("dpi",) if key in image.meta]
         except ImageError as exc:
             _error(str(exc))
@@ -303,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ext", default=None, help="output file type, e.g. png or tif (default: as input)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
+    up.add_argument("--range", default="auto", metavar="auto|full|LO,HI", help=RANGE_HELP)
     up.add_argument("--window", default=None, metavar="C,W|voi",
                     help="DICOM: map this window (modality units) to the model's range, or the file's "
                          "own (voi); default: the full stored range, exactly invertible")
@@ -311,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show what medsr sees in image files (size, bits, DICOM details)")
     info.add_argument("files", nargs="+", type=Path, metavar="FILE")
     info.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    info.add_argument("--range", default="auto", help=RANGE_HELP)
     info.set_defaults(run=run_info)
 
     dp = sub.add_parser("degrade-preview", help="sheet of synthetic LR samples from the training degradation")

@@ -75,9 +75,15 @@ def parse_window(text: str | None) -> str | tuple[float, float] | None:
         centre, width = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--window {text!r}: give CENTRE,WIDTH (e.g. 2048,4096) or 'voi'") from None
-    if width < 1:
-        raise ValueError(f"--window {text!r}: the width must be at least 1")
+    check_window(centre, width, f"window {text!r}")
     return centre, width
+
+
+def check_window(centre: float, width: float, what: str) -> None:
+    if not (np.isfinite(centre) and np.isfinite(width)):
+        raise ValueError(f"{what}: centre and width must be finite numbers")
+    if width < 1:
+        raise ValueError(f"{what}: the width must be at least 1")
 
 
 def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
@@ -95,10 +101,20 @@ def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float]
     if window is None or ds.SamplesPerPixel != 1:
         return StoredRange(low=low, high=high, invert=invert)
     centre, width = _window_of(ds, path) if window == "voi" else window
+    try:
+        check_window(centre, width, f"{path}: window {centre:g},{width:g}")
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     # Modality values at the window's ends, back to stored values.
     ends = [(centre - 0.5 + side * (width - 1) / 2 - intercept) / slope for side in (-1, 1)]
-    return StoredRange(low=min(ends), high=max(ends), invert=invert)
+    mapped = StoredRange(low=min(ends), high=max(ends), invert=invert)
+    # A window far wider than the stored values squeezes the image into a few output levels, and
+    # one beside them makes it constant: both would write a plausible-looking wrong image.
+    if mapped.high - mapped.low > 2 * (high - low) or mapped.high <= low or mapped.low >= high:
+        raise ImageError(f"{path}: window {centre:g},{width:g} (stored {mapped.low:g}..{mapped.high:g}) does not "
+                         f"fit the stored values {low}..{high}: it is more than twice as wide or misses them")
+    return mapped
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -143,7 +159,10 @@ def read_dicom(path: Path, options: ReadOptions) -> Image:
     del ds.PixelData  # the decoded copy is in ``pixels``; the writer sets new pixel data
     # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
     meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("=")}
-    return Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535, meta=meta)
+    reason = (f"DICOM: {ds.BitsStored} bits stored" if options.window is None
+              else f"DICOM window, stored {mapping.low:g}..{mapping.high:g}")
+    return Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535, meta=meta,
+                 range_reason=reason)
 
 
 def _output_photometric(ds: Dataset) -> str:

@@ -36,6 +36,10 @@ DEFAULT_CPU_BUDGET = 2 << 30
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class OutputError(RuntimeError):
+    """The network produced something that must not be written (non-finite or constant values)."""
+
+
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,4 +179,9 @@ def upscale_tensor(
                 done += 1
                 if progress:
                     progress(done, total)
-    return out[:, : height * net.scale, : width * net.scale].clamp_(0, 1)
+    out = out[:, : height * net.scale, : width * net.scale]
+    bad = out.numel() - int(torch.isfinite(out).sum())
+    if bad:  # overflowing activations: NaN would be written as black, inf as white
+        hint = " (overflow in reduced precision? try precision fp32)" if dtype != torch.float32 else ""
+        raise OutputError(f"the network's output holds {bad:,} non-finite values{hint}")
+    return out.clamp_(0, 1)

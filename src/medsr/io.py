@@ -10,29 +10,24 @@ also recognised by their content when they have no suffix (see ``medsr.dicom``).
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import png  # pypng: Pillow reads and writes 16-bit colour PNG as 8-bit only
 import tifffile
 from PIL import Image as PILImage
+from PIL import ImageCms, ImageOps
 
 from medsr import dicom
 from medsr.image import Image, ImageError, ReadOptions, check_pixels
 
-
-def _from_integer_hwc(array: np.ndarray, max_value: int, meta: dict) -> Image:
-    if array.ndim == 2:
-        array = array[:, :, None]
-    values = np.moveaxis(array, 2, 0).astype(np.float32) / max_value
-    if values.shape[0] in (2, 4):
-        return Image(pixels=values[:-1], alpha=values[-1:], max_value=max_value, meta=meta)
-    return Image(pixels=values, max_value=max_value, meta=meta)
+JPEG_GRAY_TOLERANCE = 2  # stored levels: chroma subsampling and rounding leave gray JPEGs not quite equal
 
 
 
@@ -42,28 +37,61 @@ def _from_integer_hwc(array: np.ndarray, max_value: int, meta: dict) -> Image:
 
 
 def _read_pillow(path: Path, options: ReadOptions) -> Image:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pillow_pixel_limit(options.max_pixels):
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
             check_pixels(path, im.width, im.height, options.max_pixels)
+            im = ImageOps.exif_transpose(im)  # as viewers show it; the output is written upright, untagged
             meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
             mode = im.mode
+            tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0
             if mode.startswith("I;16") or mode == "I":
                 array = np.asarray(im)
                 if array.min() < 0 or array.max() > 65535:
                     raise ImageError(f"{path}: 32-bit integer pixels outside 0..65535")
-                return _from_integer_hwc(array.astype(np.uint16), 65535, meta)
-            if mode in ("1", "L"):
+                return Image.from_integers(array.astype(np.uint16), 65535, value_range=options.value_range,
+                                           meta=meta)
+            if mode == "CMYK":
+                im, meta = _cmyk_to_rgb(im), {k: v for k, v in meta.items() if k != "icc_profile"}
+            elif mode in ("1", "L"):
                 im = im.convert("L")
             elif mode in ("LA", "La"):
                 im = im.convert("LA")
             elif mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
-            elif mode in ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+            elif mode in ("RGB", "P", "YCbCr", "LAB", "HSV"):
+                if mode != "RGB":
+                    meta.pop("icc_profile", None)  # a profile of another colour space does not fit RGB
                 im = im.convert("RGB")
             else:
                 raise ImageError(f"{path}: unsupported pixel mode {mode!r}")
-            return _from_integer_hwc(np.asarray(im), 255, meta)
+            return Image.from_integers(np.asarray(im), 255, value_range=options.value_range,
+                                       gray_tolerance=tolerance, meta=meta)
+
+
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow refuses images above twice its own limit while opening; medsr applies its own
+    ``max_pixels`` (checked from the header, before decoding) instead."""
+    saved = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = max(max_pixels, saved or 0)
+    try:
+        yield
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = saved
+
+
+def _cmyk_to_rgb(im: PILImage.Image) -> PILImage.Image:
+    """CMYK to sRGB through the file's own ICC profile when it has one (else Pillow's formula)."""
+    profile = im.info.get("icc_profile")
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        except (OSError, ImageCms.PyCMSError):
+            source = None
+        if source is not None and source.profile.xcolor_space.strip() == "CMYK":
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    return im.convert("RGB")  # no usable CMYK profile: Pillow's formula
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -79,10 +107,22 @@ def _read_png(path: Path, options: ReadOptions) -> Image:
     if _png_bit_depth(path) != 16:
         return _read_pillow(path, options)
     reader = png.Reader(filename=str(path))
-    width, height, rows, info = reader.asDirect()
-    check_pixels(path, width, height, options.max_pixels)
-    array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    return _from_integer_hwc(array, 65535, {})
+    reader.preamble()  # the chunks before the pixel data: header, sBIT, tRNS
+    if reader.trns:
+        raise ImageError(f"{path}: 16-bit PNG with a tRNS transparent colour is unsupported; use an alpha channel")
+    check_pixels(path, reader.width, reader.height, options.max_pixels)
+    declared = None
+    if reader.sbit:
+        bits = max(reader.sbit[: 3 if reader.planes >= 3 else 1])
+        declared = (2**bits - 1, f"PNG sBIT: {bits} significant bits")
+    if reader.planes == 1:  # Pillow decodes 16-bit gray exactly, and far faster than pypng
+        with PILImage.open(path) as im:
+            array = np.asarray(im).astype(np.uint16)
+    else:  # Pillow reads 16-bit colour as 8-bit.
+        # read(), not asDirect(): asDirect shifts values down by sBIT, which ruins raw 12-bit data.
+        width, height, rows, info = reader.read()
+        array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    return Image.from_integers(array, 65535, value_range=options.value_range, declared=declared)
 
 
 def _read_tiff(path: Path, options: ReadOptions) -> Image:
@@ -97,9 +137,21 @@ def _read_tiff(path: Path, options: ReadOptions) -> Image:
             raise ImageError(f"{path}: TIFF sample type {dtype} is unsupported (need uint8 or uint16)")
         check_pixels(path, shape[1], shape[0], options.max_pixels)
         array = series.asarray()
+        declared = _tiff_declared_max(series.pages[0], np.iinfo(dtype).max)
     if array.shape != shape:
         array = np.moveaxis(array, 0, 2)
-    return _from_integer_hwc(array, np.iinfo(dtype).max, {})
+    return Image.from_integers(array, int(np.iinfo(dtype).max), value_range=options.value_range, declared=declared)
+
+
+def _tiff_declared_max(page, container_max: int) -> tuple[int, str] | None:
+    """MaxSampleValue (or SMaxSampleValue) when it is below the sample type's maximum."""
+    for name in ("SMaxSampleValue", "MaxSampleValue"):
+        tag = page.tags.get(name)
+        if tag is not None:
+            value = int(np.max(tag.value))
+            if 0 < value < container_max:
+                return value, f"TIFF {name} {value}"
+    return None
 
 
 def _pnm_header(data: bytes, path: Path) -> tuple[bytes, int, int, int, int]:
@@ -141,7 +193,8 @@ def _read_pnm(path: Path, options: ReadOptions) -> Image:
     array = np.frombuffer(data, dtype, count, offset).reshape(height, width, planes)
     if array.max() > maxval:
         raise ImageError(f"{path}: pixel values exceed the header's maxval {maxval}")
-    return _from_integer_hwc(array.astype(np.uint16 if maxval > 255 else np.uint8), maxval, {})
+    return Image.from_integers(array.astype(np.uint16 if maxval > 255 else np.uint8), maxval,
+                               value_range=options.value_range)
 
 
 READERS: dict[str, Callable[[Path, ReadOptions], Image]] = {
@@ -215,7 +268,7 @@ def _write_pillow(path: Path, image: Image, fmt: str) -> None:
 
 
 def _write_png(path: Path, image: Image) -> None:
-    if image.bit_depth == 8 or (image.is_gray and image.alpha is None):
+    if image.bit_depth == 8 or (image.stored_channels == 1 and image.alpha is None):
         return _write_pillow(path, image, "PNG")
     array = image.to_array()
     height, width = array.shape[:2]
@@ -229,19 +282,25 @@ def _write_png(path: Path, image: Image) -> None:
 
 def _write_tiff(path: Path, image: Image) -> None:
     array = image.to_array()
-    photometric = "minisblack" if image.is_gray else "rgb"
+    photometric = "minisblack" if image.stored_channels == 1 else "rgb"
     extrasamples = ("unassalpha",) if image.alpha is not None else None
-    tifffile.imwrite(path, array, photometric=photometric, extrasamples=extrasamples, compression="zlib")
+    extratags = []
+    if image.min_value == 0 and image.max_value < np.iinfo(array.dtype).max:  # e.g. 12-bit data: say so
+        samples = array.shape[2] if array.ndim == 3 else 1
+        extratags.append((281, "H", samples, (int(image.max_value),) * samples, True))  # MaxSampleValue
+    tifffile.imwrite(path, array, photometric=photometric, extrasamples=extrasamples, compression="zlib",
+                     extratags=extratags)
 
 
 def _write_pnm(path: Path, image: Image) -> None:
     if image.alpha is not None:
         raise ImageError("PGM/PPM cannot hold an alpha channel; write .png or .tif")
     array = image.to_array()
-    magic = b"P5" if image.is_gray else b"P6"
+    magic = b"P5" if image.stored_channels == 1 else b"P6"
     height, width = array.shape[:2]
-    data = array.astype(">u2" if image.max_value > 255 else np.uint8).tobytes()
-    path.write_bytes(b"%s\n%d %d\n%d\n" % (magic, width, height, image.max_value) + data)
+    maxval = int(image.max_value) if image.min_value == 0 else (image.container_max or 65535)
+    data = array.astype(">u2" if maxval > 255 else np.uint8).tobytes()
+    path.write_bytes(b"%s\n%d %d\n%d\n" % (magic, width, height, maxval) + data)
 
 
 WRITERS: dict[str, Callable[[Path, Image], None]] = {
@@ -260,31 +319,67 @@ WRITERS: dict[str, Callable[[Path, Image], None]] = {
 
 
 def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> None:
-    """Write ``image`` in the format its suffix names, atomically.
+    """Write ``image`` in the format its suffix names, atomically and checked.
 
-    An existing file is an error unless ``overwrite``; a half-written file never appears at ``path``.
+    The file is written under a temporary name, decoded again and compared with ``image`` (size,
+    channels, bit depth), and only then moved to ``path``: a truncated or wrong file never appears
+    there, and an existing file is never replaced by one. An existing file is an error unless
+    ``overwrite``, also when another process creates it while this one writes.
     """
     path = Path(path)
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
         raise ImageError(f"{path}: cannot write file type {path.suffix!r} (known: {', '.join(WRITERS)})")
-    if path.suffix.lower() in (".pgm",) and not image.is_gray:
+    if path.suffix.lower() in (".pgm",) and image.stored_channels != 1:
         raise ImageError(f"{path}: PGM holds gray images; write colour as .ppm")
-    if image.max_value not in (255, 65535) and path.suffix.lower() not in (".pgm", ".ppm", ".pnm"):
-        # Only PNM stores its own maxval; elsewhere scale to the container's full range.
-        image = replace(image, max_value=255 if image.max_value <= 255 else 65535)
     if path.exists() and not overwrite:
         raise ImageError(f"{path}: already exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix)
+        os.close(fd)
+        tmp = Path(name)
         try:
-            writer(Path(tmp), image)
-        except Exception as exc:  # name the target, not the temporary file
-            reason = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-            raise ImageError(f"{path}: cannot write ({reason})") from None
+            writer(tmp, image)
+        except ImageError as exc:
+            raise ImageError(f"{path}: cannot write ({exc})") from None
+        _verify_written(tmp, image, path)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _move_into_place(tmp, path, overwrite)
+    except OSError as exc:  # disk full, read-only folder, a file where a folder should be, ...
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except ImageError:
+        raise
+    except Exception as exc:  # encoders raise many types; name the target, not the temporary file
+        raise ImageError(f"{path}: cannot write ({type(exc).__name__}: {exc})") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _verify_written(tmp: Path, image: Image, path: Path) -> None:
+    """Decode the written file again: it must have the image's size, channels and bit depth."""
+    try:
+        back = reader_for(path)(tmp, ReadOptions(max_pixels=image.size[0] * image.size[1], value_range="full"))
+    except Exception as exc:
+        raise ImageError(f"{path}: the written file does not decode ({exc}); nothing was written") from None
+    expected = (image.size, image.stored_channels, image.alpha is not None, image.bit_depth)
+    found = (back.size, back.stored_channels, back.alpha is not None, back.bit_depth)
+    if found != expected:
+        raise ImageError(f"{path}: the written file reads back as (size, channels, alpha, bits) {found}, "
+                         f"not {expected}; nothing was written")
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the name exists: two runs never replace each other's files
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists (created while this image was written); kept it") from None
+    except OSError:  # file systems without hard links
+        if path.exists():
+            raise ImageError(f"{path}: already exists (created while this image was written); kept it") from None
+        os.replace(tmp, path)

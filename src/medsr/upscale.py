@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from medsr.infer import upscale_tensor
+from medsr.image import ReadOptions
+from medsr.infer import OutputError, upscale_tensor
 from medsr.io import Image, read_image
 from medsr.nets.rrdbnet import RRDBNet
 from medsr.weights import load_model
@@ -44,6 +45,7 @@ def upscale(
     device: str | torch.device = "auto",
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    value_range: str | tuple[float, float] = "auto",
 ) -> Image | np.ndarray:
     """Super-resolve an image.
 
@@ -56,6 +58,14 @@ def upscale(
         outscale: final scale factor; the default is the model's own. Other factors run the model
             and then resize with Lanczos (x2 with the x4 model, as upstream does).
         tile: LR tile side; None picks one from a memory budget, 0 runs the whole image at once.
+        value_range: which stored values map to black and white, for files and arrays (not DICOM):
+            "auto" (what the file declares, else for 16-bit data the smallest of 8/10/12/14/16 bits
+            that holds the maximum; floats: [0, 1]), "full" (the container's range) or (low, high).
+            The output uses the same range.
+
+    Raises:
+        OutputError: the network's output is non-finite or constant where the input is not;
+            nothing is returned to be written.
 
     Example:
         >>> sr = medsr.upscale("chest.png", outscale=2)      # doctest: +SKIP
@@ -64,25 +74,38 @@ def upscale(
     as_array = isinstance(image, np.ndarray)
     if as_array:
         dtype = image.dtype
-        image = Image.from_array(image)
+        image = Image.from_array(image, value_range=value_range)
     elif not isinstance(image, Image):
-        image = read_image(image)
+        image = read_image(image, ReadOptions(value_range=value_range))
     net = model if isinstance(model, torch.nn.Module) else load_model(model_for(image, model))
+    name = getattr(net, "name", type(net).__name__)
     outscale = float(net.scale if outscale is None else outscale)
     if outscale <= 0:
         raise ValueError(f"outscale must be positive, got {outscale}")
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
-    sr = upscale_tensor(
-        net, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision, progress=progress
-    ).numpy()
+    source = image.meta.get("source", "array")
+    try:
+        sr = upscale_tensor(net, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
+                            progress=progress).numpy()
+    except OutputError as exc:
+        raise OutputError(f"{source}: model {name}: {exc}; nothing written") from None
+    if np.ptp(sr) == 0 and np.ptp(image.pixels) > 0:
+        raise OutputError(f"{source}: model {name} gave a constant image for a non-constant input; nothing written")
     if sr.shape[1:] != (out_h, out_w):
         sr = resize_lanczos(sr, out_h, out_w)
     alpha = None if image.alpha is None else resize_lanczos(image.alpha, out_h, out_w)
-    meta = dict(image.meta, model=getattr(net, "name", type(net).__name__), scale=outscale)
+    meta = dict(image.meta, model=name, scale=outscale)
     if "dpi" in meta:  # same physical size, more pixels
         meta["dpi"] = tuple(d * out_w / width for d in meta["dpi"])
     result = replace(image, pixels=sr, alpha=alpha, meta=meta)
-    if as_array:
-        return result.to_array(None if dtype in (np.uint8, np.uint16) else dtype)
-    return result
+    if not as_array:
+        return result
+    if dtype in (np.uint8, np.uint16):
+        return result.to_array()
+    low, high = value_range if isinstance(value_range, tuple) else (0.0, 1.0)
+    out = result.to_array(dtype)
+    colour = out[..., :-1] if result.alpha is not None else out  # a view: alpha stays in [0, 1]
+    colour *= high - low
+    colour += low
+    return out
