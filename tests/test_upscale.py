@@ -71,7 +71,7 @@ def test_folder_in_folder_out(tmp_path, tiny_model, capsys):
     assert code == 0
     assert read_image(tmp_path / "out" / "a.png").size == (16, 16)
     assert read_image(tmp_path / "out" / "sub" / "b.jpg").is_gray
-    assert "upscaled 2 image(s) x2" in capsys.readouterr().out
+    assert "upscaled 2 file(s) x2" in capsys.readouterr().out
 
 
 def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):
@@ -81,10 +81,10 @@ def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):
     code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model])
     captured = capsys.readouterr()
     assert code == 1
-    assert "a.png: already exists (use --overwrite" in captured.err
+    assert "a.png: already exists (kept; the overwrite option replaces it)" in captured.err
     assert (tmp_path / "out" / "a.png").read_bytes() == b"precious"
     assert (tmp_path / "out" / "sub" / "b.jpg").exists()  # the batch went on
-    assert "upscaled 1 image(s)" in captured.out and "1 failed" in captured.out
+    assert "upscaled 1 file(s)" in captured.out and "1 failed" in captured.out
     assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--overwrite"]) == 0
     assert read_image(tmp_path / "out" / "a.png").size == (32, 32)
 

@@ -252,3 +252,52 @@ def test_bad_windows_are_refused(tmp_path, window, capsys):
     code = main(["upscale", str(tmp_path / "x.dcm"), "-o", str(tmp_path / "o.dcm"), "--window", window])
     assert code in (1, 2) and not (tmp_path / "o.dcm").exists()
     assert "window" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# stacks
+
+
+def test_three_page_gray_tiff_is_three_gray_frames(tmp_path, capsys):
+    pages = np.stack([random_image(8, 6, 1, np.uint16, seed=s).squeeze() >> 4 for s in range(3)])  # 12-bit
+    # Three gray pages (e.g. three slices); medsr 0.1 read these as one RGB image.
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack")
+    frames = medsr.read_frames(tmp_path / "stack.tif")
+    assert len(frames) == 3 and all(f.is_gray and f.size == (8, 6) for f in frames)
+    code = main(["upscale", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "o.tif"), "--model", "x"])
+    assert code == 1  # a wrong model name stops before anything is written
+    capsys.readouterr()
+    plan = medsr.plan_outputs([tmp_path / "stack.tif"], tmp_path / "o.tif")
+    [result] = medsr.upscale_files(plan, model=NearestNet())
+    assert result.ok and result.frames == 3
+    with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+        assert len(tif.pages) == 3
+        out = np.stack([page.asarray() for page in tif.pages])
+    np.testing.assert_array_equal(out[:, ::4, ::4], pages)  # each page its own slice, values kept
+
+
+def test_multi_series_tiff_gives_every_page(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tif:
+        tif.write(random_image(8, 8, 3), photometric="rgb")
+        tif.write(random_image(4, 6, 1).squeeze(), photometric="minisblack")
+    frames = medsr.read_frames(tmp_path / "two.tif")
+    assert [(f.size, f.is_gray) for f in frames] == [((8, 8), False), ((4, 6), True)]
+    medsr.write_frames(tmp_path / "back.tif", frames)
+    assert [f.size for f in medsr.read_frames(tmp_path / "back.tif")] == [(8, 8), (4, 6)]
+    with pytest.raises(ImageError, match=r"2 frames cannot be written as \.png"):
+        medsr.write_frames(tmp_path / "back.png", frames)
+
+
+def test_multi_frame_dicom_round_trips_frame_by_frame(tmp_path):
+    from pydicom import dcmread
+
+    stored = np.stack([random_image(8, 8, 1, np.uint16, seed=s).squeeze() >> 4 for s in range(4)])
+    make_dicom(tmp_path / "mf.dcm", stored, photometric="MONOCHROME2")
+    plan = medsr.plan_outputs([tmp_path / "mf.dcm"], tmp_path / "out.dcm")
+    [result] = medsr.upscale_files(plan, model=NearestNet())
+    assert result.ok and result.frames == 4
+    ds = dcmread(tmp_path / "out.dcm")
+    assert int(ds.NumberOfFrames) == 4 and (ds.Rows, ds.Columns) == (32, 32)
+    assert [float(v) for v in ds.PixelSpacing] == [0.05, 0.0625]  # 0.2 and 0.25 divided by 4
+    np.testing.assert_array_equal(ds.pixel_array[:, ::4, ::4], stored)
+    assert ds.SOPInstanceUID != dcmread(tmp_path / "mf.dcm").SOPInstanceUID

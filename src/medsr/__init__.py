@@ -6,22 +6,37 @@ Public API::
     net = medsr.load_model("realesrgan-x4plus")
     sr = medsr.upscale("scan.png", model=net, outscale=2)
     medsr.write_image("scan_x2.png", sr)
+
+    plan = medsr.plan_outputs(["cxr_folder/"], "cxr_x2/")   # a folder job, one result per file
+    for result in medsr.upscale_files(plan, outscale=2):
+        print(result.source, result.error or result.target)
 """
 
-from medsr.io import Image, ImageError, read_image, write_image
+import logging
+
+from medsr.batch import FileResult, Plan, plan_outputs, upscale_files
+from medsr.io import Image, ImageError, read_frames, read_image, write_frames, write_image
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
 from medsr.upscale import upscale
 from medsr.weights import WeightsError, load_model
 
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides what is shown
+
 __all__ = [
+    "FileResult",
     "Image",
     "ImageError",
     "RRDBNet",
     "WeightsError",
+    "Plan",
     "load_model",
+    "plan_outputs",
+    "read_frames",
     "read_image",
     "rrdbnet",
     "upscale",
+    "upscale_files",
+    "write_frames",
     "write_image",
 ]
 __version__ = "0.1.0"

@@ -8,15 +8,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from medsr import dicom, weights
+from medsr import batch, dicom, weights
 from medsr.config import PRESETS
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
-from medsr.io import WRITERS, ImageError, image_files, read_image, reader_for, write_image
-from medsr.upscale import DEFAULT_MODEL, model_for, upscale
+from medsr.io import WRITERS, ImageError, read_image, reader_for
+from medsr.upscale import DEFAULT_MODEL
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
               "smallest of 8/10/12/14/16 bits that holds the data), full (the file type's range) or LO,HI "
@@ -31,43 +30,6 @@ def _error(message: str) -> None:
 # upscale
 
 
-def plan_outputs(inputs: list[Path], out: Path, ext: str | None) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair each input image with its output path; return the pairs and the problems found.
-
-    A folder input contributes its image files (recursively), mirrored under ``out``. ``out``
-    names a file only for a single input file and when it has an image suffix.
-    """
-    problems, sources = [], []
-    for item in inputs:
-        if item.is_dir():
-            found = image_files(item)
-            if not found:
-                problems.append(f"{item}: folder holds no image files")
-            sources += [(p, p.relative_to(item)) for p in found]
-        elif item.exists():
-            sources.append((item, Path(item.name)))
-        else:
-            problems.append(f"{item}: no such file or folder")
-    single_file = len(inputs) == 1 and not inputs[0].is_dir() and out.suffix.lower() in WRITERS
-    if out.suffix.lower() in WRITERS and not single_file:
-        return [], problems + [f"{out}: an output file name needs exactly one input file"]
-    pairs, taken = [], {}
-    for source, relative in sources:
-        target = out if single_file else out / relative
-        if ext:
-            target = target.with_suffix(ext)
-        elif target.suffix.lower() not in WRITERS:  # a DICOM file named without suffix
-            target = target.with_name(target.name + ".dcm")
-        if target.resolve() == source.resolve():
-            problems.append(f"{source}: output would replace the input; choose another -o")
-        elif target in taken:
-            problems.append(f"{source}: output {target} is also the output of {taken[target]}")
-        else:
-            taken[target] = source
-            pairs.append((source, target))
-    return pairs, problems
-
-
 def run_upscale(args: argparse.Namespace) -> int:
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
     if ext and ext not in WRITERS:
@@ -79,50 +41,45 @@ def run_upscale(args: argparse.Namespace) -> int:
         raise ValueError(f"--outscale {args.outscale}: must be positive")
     options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
                           value_range=parse_range(args.range))
-    pairs, problems = plan_outputs(args.inputs, args.output, ext)
-    for problem in problems:
-        _error(problem)
+    plan = batch.plan_outputs(args.inputs, args.output, ext=ext)
     device = pick_device(args.device)
     dtype = pick_precision(args.precision, device)
-    nets: dict[str, torch.nn.Module] = {}  # loaded once each, by name
-    used: dict[str, int] = {}
+    bars: dict[Path, tqdm] = {}
+
+    def progress(source: Path, done: int, total: int) -> None:
+        if source not in bars:
+            bars.clear()
+            bars[source] = tqdm(desc=source.name, total=total, unit="tile", leave=False)
+        bars[source].update(done - bars[source].n)
+
+    results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
+                                  precision=args.precision, options=options, overwrite=args.overwrite,
+                                  progress=progress)
+    used: Counter[str] = Counter()
     paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
-    failed, done, start = len(problems), 0, time.perf_counter()
-    for source, target in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
-        if target.exists() and not args.overwrite:
-            _error(f"{target}: already exists (use --overwrite to replace it)")
-            failed += 1
-            continue
-        try:
-            image = read_image(source, options)
-            name = str(model_for(image, args.model))
-            if name not in nets:
-                nets[name] = weights.load_model(name)
-            net = nets[name]
-            with tqdm(desc=f"{source.name} [{net.name}]", unit="tile", leave=False) as bar:
-                def progress(n: int, total: int, bar: tqdm = bar) -> None:
-                    bar.total = total
-                    bar.update(n - bar.n)
-                sr = upscale(image, model=net, outscale=args.outscale, tile=args.tile, device=device,
-                             precision=args.precision, progress=progress)
-            write_image(target, sr, overwrite=args.overwrite)
-            done += 1
-            used[net.name] = used.get(net.name, 0) + 1
-            paths[describe_values(image)] += 1
-        except weights.WeightsError as exc:
-            _error(str(exc))
-            return 1
-        except (ImageError, ValueError, RuntimeError) as exc:
-            _error(str(exc) if str(source) in str(exc) else f"{source}: {exc}")
-            failed += 1
+    failed, start = 0, time.perf_counter()
+    try:
+        for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2):
+            for bar in bars.values():
+                bar.close()
+            if result.ok:
+                used[result.model] += 1
+                stack = f", {result.frames} frames each" if result.frames > 1 else ""
+                paths[result.values + stack] += 1
+            else:
+                _error(result.error)
+                failed += 1
+    except weights.WeightsError as exc:
+        _error(str(exc))
+        return 1
     seconds = time.perf_counter() - start
-    scale = args.outscale or max((net.scale for net in nets.values()), default=4)
+    scale = args.outscale or 4
     precision = str(dtype).removeprefix("torch.")
-    models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "-"
-    print(f"upscaled {done} image(s) x{scale:g} with {models} on {device.type} ({precision}) "
+    models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "none"
+    print(f"upscaled {sum(used.values())} file(s) x{scale:g} with {models} on {device.type} ({precision}) "
           f"in {seconds:.1f} s; {failed} failed")
     for path, count in sorted(paths.items()):
-        print(f"  {count} image(s): {path}")
+        print(f"  {count} file(s): {path}")
     return 1 if failed else 0
 
 
@@ -136,11 +93,6 @@ def parse_range(text: str) -> str | tuple[float, float]:
         raise ValueError(f"--range {text!r}: give auto, full or LO,HI (e.g. 0,4095)") from None
     check_value_range((low, high))
     return low, high
-
-
-def describe_values(image) -> str:
-    """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be."""
-    return f"{image.mode}, values {image.min_value:g}..{image.max_value:g} ({image.range_reason})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,23 +126,33 @@ def _read_dataset(path: Path) -> Dataset:
         raise ImageError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from None
 
 
+def frame_count(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
 def _check_supported(ds: Dataset, path: Path, max_pixels: int) -> None:
     if "PixelData" not in ds:
         raise ImageError(f"{path}: DICOM without pixel data (SOP class {ds.get('SOPClassUID', 'unknown')})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; split the frames first")
     photometric = ds.get("PhotometricInterpretation", "")
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise ImageError(f"{path}: photometric interpretation {photometric!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
     if ds.get("BitsAllocated") not in (8, 16):
         raise ImageError(f"{path}: {ds.get('BitsAllocated')} bits allocated per sample is not supported (8 or 16)")
-    check_pixels(path, int(ds.Columns), int(ds.Rows), max_pixels)
+    check_pixels(path, int(ds.Columns), int(ds.Rows) * frame_count(ds), max_pixels)
 
 
 def read_dicom(path: Path, options: ReadOptions) -> Image:
     """Read a single-frame DICOM image (gray or colour, 8-16 bits stored, signed or not)."""
+    frames = read_dicom_frames(path, options)
+    if len(frames) > 1:
+        raise ImageError(f"{path}: multi-frame DICOM ({len(frames)} frames); read it with read_frames "
+                         "(medsr upscale does, frame by frame)")
+    return frames[0]
+
+
+def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
+    """Read every frame of a DICOM image as its own 2D image, sharing the dataset."""
     ds = _read_dataset(path)
     _check_supported(ds, path, options.max_pixels)
     try:
@@ -154,15 +164,20 @@ def read_dicom(path: Path, options: ReadOptions) -> Image:
     except Exception as exc:
         raise ImageError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
     mapping = stored_range(ds, stored.dtype, options.window, path)
-    pixels = mapping.to_unit(stored)
-    pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
-    del ds.PixelData  # the decoded copy is in ``pixels``; the writer sets new pixel data
+    if frame_count(ds) == 1:
+        stored = stored[None]
+    del ds.PixelData  # the decoded copy is in ``stored``; the writer sets new pixel data
     # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
     meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("=")}
     reason = (f"DICOM: {ds.BitsStored} bits stored" if options.window is None
               else f"DICOM window, stored {mapping.low:g}..{mapping.high:g}")
-    return Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535, meta=meta,
-                 range_reason=reason)
+    frames = []
+    for frame in stored:
+        pixels = mapping.to_unit(frame)
+        pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
+        frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535,
+                            meta=dict(meta), range_reason=reason))
+    return frames
 
 
 def _output_photometric(ds: Dataset) -> str:
@@ -173,17 +188,22 @@ def _output_photometric(ds: Dataset) -> str:
     return "YBR_FULL" if photometric == "YBR_FULL" and not compressed else "RGB"
 
 
-def derived_dataset(image: Image) -> Dataset:
-    """The output dataset for ``image``, read from DICOM and possibly upscaled."""
+def derived_dataset(image: Image | list[Image]) -> Dataset:
+    """The output dataset for ``image`` (or the frames of one file), read from DICOM and possibly
+    upscaled."""
+    frames = image if isinstance(image, list) else [image]
+    image = frames[0]
     source: Dataset = image.meta["dicom"]
+    if any(f.meta.get("dicom") is not source for f in frames) or any(f.size != image.size for f in frames):
+        raise ImageError("the frames of one DICOM output must come from one file and have one size")
     ds = source.copy()
     mapping: StoredRange = image.meta["dicom_range"]
     dtype = np.dtype(image.meta["dicom_dtype"])
     height, width = image.size
     scale_y, scale_x = height / source.Rows, width / source.Columns
     photometric = _output_photometric(source)
-    values = np.moveaxis(image.pixels, 0, 2)
-    stored = mapping.to_stored(values[:, :, 0] if image.is_gray else values, dtype, int(source.BitsStored))
+    stored = np.stack([_stored(frame, mapping, dtype, int(source.BitsStored)) for frame in frames])
+    stored = stored[0] if len(frames) == 1 else stored
     if photometric == "YBR_FULL":
         stored = convert_color_space(stored, "RGB", "YBR_FULL")
     if not hasattr(ds, "file_meta"):
@@ -199,16 +219,30 @@ def derived_dataset(image: Image) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    for name in _SPACING_TAGS:
-        if name in ds and len(ds.data_element(name).value) == 2:
-            row, col = (float(v) for v in ds.data_element(name).value)
-            setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
+    _scale_spacing(ds, scale_y, scale_x)
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):  # enhanced objects
+        for item in ds.get(group, []):
+            for measures in item.get("PixelMeasuresSequence", []):
+                _scale_spacing(measures, scale_y, scale_x)
     description = _derivation(image, scale_y, scale_x)
     series = str(source.get("SeriesInstanceUID", source.get("SOPInstanceUID", "")))
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
     ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:]]
     ds.DerivationDescription = description[:1024]
     return ds
+
+
+def _stored(image: Image, mapping: StoredRange, dtype: np.dtype, bits_stored: int) -> np.ndarray:
+    values = np.moveaxis(image.pixels, 0, 2)
+    return mapping.to_stored(values[:, :, 0] if image.is_gray else values, dtype, bits_stored)
+
+
+def _scale_spacing(ds: Dataset, scale_y: float, scale_x: float) -> None:
+    """Pixel spacings (row, column) divided by the scale: the same anatomy, more pixels."""
+    for name in _SPACING_TAGS:
+        if name in ds and len(ds.data_element(name).value) == 2:
+            row, col = (float(v) for v in ds.data_element(name).value)
+            setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
 
 
 def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
@@ -220,12 +254,14 @@ def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
     return f"medsr {__version__}: {done}; uncompressed, explicit VR little endian"
 
 
-def write_dicom(path: Path, image: Image) -> None:
-    if "dicom" not in image.meta:
-        raise ImageError("only images read from DICOM can be written as DICOM (patient and study "
-                         "data would be missing); write .png or .tif")
-    if image.alpha is not None:
-        raise ImageError("DICOM output cannot hold an alpha channel")
+def write_dicom(path: Path, image: Image | list[Image]) -> None:
+    """Write one image, or the frames of one multi-frame file, as DICOM."""
+    for frame in image if isinstance(image, list) else [image]:
+        if "dicom" not in frame.meta:
+            raise ImageError("only images read from DICOM can be written as DICOM (patient and study "
+                             "data would be missing); write .png or .tif")
+        if frame.alpha is not None:
+            raise ImageError("DICOM output cannot hold an alpha channel")
     derived_dataset(image).save_as(path, enforce_file_format=True)
 
 

@@ -126,21 +126,40 @@ def _read_png(path: Path, options: ReadOptions) -> Image:
 
 
 def _read_tiff(path: Path, options: ReadOptions) -> Image:
+    frames = _read_tiff_frames(path, options)
+    if len(frames) > 1:
+        raise ImageError(f"{path}: TIFF of {len(frames)} pages (a stack); read it with read_frames "
+                         "(medsr upscale does, page by page)")
+    return frames[0]
+
+
+def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
+    """Every page of a TIFF as its own 2D gray or RGB(A) image (a stack is never read as colour)."""
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape, dtype = series.shape, series.dtype
-        if tif.series[0].ndim == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
-            shape = (shape[1], shape[2], shape[0])  # planar (C, H, W)
-        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 2, 3, 4)):
-            raise ImageError(f"{path}: TIFF of shape {series.shape} is not one 2D gray/RGB(A) image")
-        if dtype not in (np.uint8, np.uint16):
-            raise ImageError(f"{path}: TIFF sample type {dtype} is unsupported (need uint8 or uint16)")
-        check_pixels(path, shape[1], shape[0], options.max_pixels)
-        array = series.asarray()
-        declared = _tiff_declared_max(series.pages[0], np.iinfo(dtype).max)
-    if array.shape != shape:
+        pages = list(tif.pages)
+        for page in pages:
+            check_pixels(path, page.imagewidth, page.imagelength, options.max_pixels)
+        total = sum(page.imagewidth * page.imagelength for page in pages)
+        if total > options.max_pixels:
+            raise ImageError(f"{path}: {len(pages)} pages of {total:,} pixels in all exceed the limit of "
+                             f"{options.max_pixels:,} (raise it with max_pixels)")
+        return [_tiff_page(page, path, options, len(pages)) for page in pages]
+
+
+def _tiff_page(page, path: Path, options: ReadOptions, count: int) -> Image:
+    where = f"{path}: page {page.index + 1} of {count}" if count > 1 else str(path)
+    if page.is_reduced:
+        raise ImageError(f"{where} is a reduced-resolution copy (a pyramid); such TIFFs are unsupported")
+    if page.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{where}: TIFF sample type {page.dtype} is unsupported (need uint8 or uint16)")
+    if page.axes not in ("YX", "YXS", "SYX") or page.samplesperpixel not in (1, 2, 3, 4):
+        raise ImageError(f"{where}: TIFF page of shape {page.shape} (axes {page.axes}) is not a 2D gray/RGB(A) image")
+    array = page.asarray()
+    if page.axes == "SYX":  # planar colour
         array = np.moveaxis(array, 0, 2)
-    return Image.from_integers(array, int(np.iinfo(dtype).max), value_range=options.value_range, declared=declared)
+    container = int(np.iinfo(page.dtype).max)
+    return Image.from_integers(array, container, value_range=options.value_range,
+                               declared=_tiff_declared_max(page, container))
 
 
 def _tiff_declared_max(page, container_max: int) -> tuple[int, str] | None:
@@ -229,24 +248,48 @@ def image_files(folder: str | Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+FRAME_READERS: dict[str, Callable[[Path, ReadOptions], list[Image]]] = {
+    ".tif": _read_tiff_frames,
+    ".tiff": _read_tiff_frames,
+    ".dcm": dicom.read_dicom_frames,
+    ".dicom": dicom.read_dicom_frames,
+}
+
+
+def read_frames(path: str | Path, options: ReadOptions | None = None) -> list[Image]:
+    """Every frame of a file as its own 2D image: the pages of a TIFF, the frames of a DICOM file,
+    or the one image of any other file."""
+    path = Path(path)
+    reader = reader_for(path)
+    frame_reader = dicom.read_dicom_frames if reader is dicom.read_dicom else FRAME_READERS.get(path.suffix.lower())
+    if frame_reader is None:
+        return [read_image(path, options)]
+    return _decode(path, options or ReadOptions(), frame_reader)
+
+
 def read_image(path: str | Path, options: ReadOptions | None = None) -> Image:
     """Read an image file; raise ImageError naming the file and the problem."""
     path, options = Path(path), options or ReadOptions()
     reader = reader_for(path)
     if reader is None:
         raise ImageError(f"{path}: unsupported file type {path.suffix!r} (known: {', '.join(READERS)})")
+    return _decode(path, options, lambda p, o: [reader(p, o)])[0]
+
+
+def _decode(path: Path, options: ReadOptions, reader: Callable[[Path, ReadOptions], list[Image]]) -> list[Image]:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
     try:
-        image = reader(path, options)
-    except ImageError:
-        raise
+        frames = reader(path, options)
+    except ImageError as exc:
+        raise exc if str(path) in str(exc) else ImageError(f"{path}: {exc}") from None
     except Exception as exc:  # decoders raise many types for corrupt data
         raise ImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
-    image.meta["source"] = str(path)
-    return image
+    for frame in frames:
+        frame.meta["source"] = str(path)
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +323,8 @@ def _write_png(path: Path, image: Image) -> None:
         writer.write(f, array.reshape(height, width * planes))
 
 
-def _write_tiff(path: Path, image: Image) -> None:
+def _write_tiff(path: Path | tifffile.TiffWriter, image: Image) -> None:
+    """One image, into a new file or as the next page of an open writer."""
     array = image.to_array()
     photometric = "minisblack" if image.stored_channels == 1 else "rgb"
     extrasamples = ("unassalpha",) if image.alpha is not None else None
@@ -288,8 +332,11 @@ def _write_tiff(path: Path, image: Image) -> None:
     if image.min_value == 0 and image.max_value < np.iinfo(array.dtype).max:  # e.g. 12-bit data: say so
         samples = array.shape[2] if array.ndim == 3 else 1
         extratags.append((281, "H", samples, (int(image.max_value),) * samples, True))  # MaxSampleValue
-    tifffile.imwrite(path, array, photometric=photometric, extrasamples=extrasamples, compression="zlib",
-                     extratags=extratags)
+    options = dict(photometric=photometric, extrasamples=extrasamples, compression="zlib", extratags=extratags)
+    if isinstance(path, tifffile.TiffWriter):
+        path.write(array, contiguous=False, **options)
+    else:
+        tifffile.imwrite(path, array, **options)
 
 
 def _write_pnm(path: Path, image: Image) -> None:
@@ -318,6 +365,20 @@ WRITERS: dict[str, Callable[[Path, Image], None]] = {
 }
 
 
+def _write_tiff_frames(path: Path, frames: list[Image]) -> None:
+    with tifffile.TiffWriter(path) as tif:
+        for frame in frames:
+            _write_tiff(tif, frame)
+
+
+FRAME_WRITERS: dict[str, Callable[[Path, list[Image]], None]] = {
+    ".tif": _write_tiff_frames,
+    ".tiff": _write_tiff_frames,
+    ".dcm": dicom.write_dicom,
+    ".dicom": dicom.write_dicom,
+}
+
+
 def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> None:
     """Write ``image`` in the format its suffix names, atomically and checked.
 
@@ -326,14 +387,24 @@ def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> N
     there, and an existing file is never replaced by one. An existing file is an error unless
     ``overwrite``, also when another process creates it while this one writes.
     """
+    write_frames(path, [image], overwrite=overwrite)
+
+
+def write_frames(path: str | Path, frames: list[Image], *, overwrite: bool = False) -> None:
+    """Write the frames of one file (see ``read_frames``) as ``write_image`` writes one image:
+    several frames as a multi-page TIFF, or as multi-frame DICOM when they came from DICOM."""
     path = Path(path)
-    writer = WRITERS.get(path.suffix.lower())
-    if writer is None:
+    suffix = path.suffix.lower()
+    if suffix not in WRITERS:
         raise ImageError(f"{path}: cannot write file type {path.suffix!r} (known: {', '.join(WRITERS)})")
-    if path.suffix.lower() in (".pgm",) and image.stored_channels != 1:
+    if len(frames) > 1 and suffix not in FRAME_WRITERS:
+        raise ImageError(f"{path}: {len(frames)} frames cannot be written as {suffix}; write .tif "
+                         "(or .dcm for frames read from DICOM)")
+    if suffix == ".pgm" and frames[0].stored_channels != 1:
         raise ImageError(f"{path}: PGM holds gray images; write colour as .ppm")
     if path.exists() and not overwrite:
-        raise ImageError(f"{path}: already exists (use --overwrite to replace it)")
+        raise ImageError(f"{path}: already exists (kept; the overwrite option replaces it)")
+    write = WRITERS[suffix] if len(frames) == 1 else FRAME_WRITERS[suffix]
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,10 +412,10 @@ def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> N
         os.close(fd)
         tmp = Path(name)
         try:
-            writer(tmp, image)
+            write(tmp, frames[0] if len(frames) == 1 else frames)
         except ImageError as exc:
             raise ImageError(f"{path}: cannot write ({exc})") from None
-        _verify_written(tmp, image, path)
+        _verify_written(tmp, frames, path)
         os.chmod(tmp, 0o644)
         _move_into_place(tmp, path, overwrite)
     except OSError as exc:  # disk full, read-only folder, a file where a folder should be, ...
@@ -358,17 +429,22 @@ def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> N
             tmp.unlink(missing_ok=True)
 
 
-def _verify_written(tmp: Path, image: Image, path: Path) -> None:
-    """Decode the written file again: it must have the image's size, channels and bit depth."""
+def _shape_of(image: Image) -> tuple:
+    return image.size, image.stored_channels, image.alpha is not None, image.bit_depth
+
+
+def _verify_written(tmp: Path, frames: list[Image], path: Path) -> None:
+    """Decode the written file again: it must hold the frames' sizes, channels and bit depths."""
+    pixels = sum(frame.size[0] * frame.size[1] for frame in frames)
     try:
-        back = reader_for(path)(tmp, ReadOptions(max_pixels=image.size[0] * image.size[1], value_range="full"))
+        back = read_frames(tmp, ReadOptions(max_pixels=pixels, value_range="full"))
     except Exception as exc:
-        raise ImageError(f"{path}: the written file does not decode ({exc}); nothing was written") from None
-    expected = (image.size, image.stored_channels, image.alpha is not None, image.bit_depth)
-    found = (back.size, back.stored_channels, back.alpha is not None, back.bit_depth)
+        reason = str(exc).replace(str(tmp), "").lstrip(": ")
+        raise ImageError(f"{path}: the written file does not decode ({reason}); nothing was written") from None
+    expected, found = [_shape_of(f) for f in frames], [_shape_of(f) for f in back]
     if found != expected:
-        raise ImageError(f"{path}: the written file reads back as (size, channels, alpha, bits) {found}, "
-                         f"not {expected}; nothing was written")
+        raise ImageError(f"{path}: the written file reads back as (size, channels, alpha, bits) {found[:3]}, "
+                         f"not {expected[:3]}; nothing was written")
 
 
 def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:

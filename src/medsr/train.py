@@ -402,7 +402,7 @@ def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool =
 
     output = Path(output)
     if output.exists() and not overwrite:
-        raise ValueError(f"{output}: already exists (use --overwrite to replace it)")
+        raise ValueError(f"{output}: already exists (kept; the overwrite option replaces it)")
     state = checkpoint.load(checkpoint_path)
     if "net_g_ema" not in state:
         raise ValueError(f"{checkpoint_path}: not a medsr training checkpoint (no net_g_ema)")

@@ -1,0 +1,155 @@
+"""The batch job: plan outputs for files and folders, upscale each file (every frame of a stack),
+write it checked, and report one result per file. The CLI, notebooks and cluster jobs share it.
+
+    plan = medsr.plan_outputs(["cxr/"], "cxr_x2/")
+    for result in medsr.upscale_files(plan, outscale=2):
+        print(result.source, result.error or result.target)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medsr import weights
+from medsr.image import Image, ImageError, ReadOptions
+from medsr.io import WRITERS, image_files, read_frames, write_frames
+from medsr.upscale import DEFAULT_MODEL, model_for, upscale
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a batch will do: (source, target) pairs, and (path, problem) for inputs refused already."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.problems)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one input file: ``error`` is None when ``target`` was written."""
+
+    source: Path
+    target: Path | None = None
+    model: str | None = None
+    values: str | None = None  # how values and channels were taken (``describe_values``)
+    frames: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str | None = None) -> Plan:
+    """Pair each input image with its output path.
+
+    A folder contributes its image files (recursively), mirrored under ``output``. ``output`` names
+    a file only for a single input file and when it has an image suffix. ``ext`` (".png", ".tif",
+    ...) sets the output type; the default keeps the input's.
+    """
+    inputs, output = [Path(p) for p in inputs], Path(output)
+    if ext is not None and ext not in WRITERS:
+        raise ValueError(f"ext {ext!r}: cannot write that type (known: {', '.join(WRITERS)})")
+    problems, sources = [], []
+    for item in inputs:
+        if item.is_dir():
+            found = image_files(item)
+            if not found:
+                problems.append((item, f"{item}: folder holds no image files"))
+            sources += [(p, p.relative_to(item)) for p in found]
+        elif item.exists():
+            sources.append((item, Path(item.name)))
+        else:
+            problems.append((item, f"{item}: no such file or folder"))
+    single_file = len(inputs) == 1 and not inputs[0].is_dir() and output.suffix.lower() in WRITERS
+    if output.suffix.lower() in WRITERS and not single_file:
+        return Plan([], problems + [(output, f"{output}: an output file name needs exactly one input file")])
+    pairs, taken = [], {}
+    for source, relative in sources:
+        target = output if single_file else output / relative
+        if ext:
+            target = target.with_suffix(ext)
+        elif target.suffix.lower() not in WRITERS:  # a DICOM file named without suffix
+            target = target.with_name(target.name + ".dcm")
+        if target.resolve() == source.resolve():
+            problems.append((source, f"{source}: output would replace the input; choose another output"))
+        elif target in taken:
+            problems.append((source, f"{source}: output {target} is also the output of {taken[target]}"))
+        else:
+            taken[target] = source
+            pairs.append((source, target))
+    return Plan(pairs, problems)
+
+
+def describe_values(image: Image) -> str:
+    """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be."""
+    return f"{image.mode}, values {image.min_value:g}..{image.max_value:g} ({image.range_reason})"
+
+
+def upscale_files(
+    plan: Plan,
+    *,
+    model: str | Path | torch.nn.Module = DEFAULT_MODEL,
+    outscale: float | None = None,
+    tile: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    options: ReadOptions | None = None,
+    overwrite: bool = False,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> Iterator[FileResult]:
+    """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
+
+    A file that cannot be read, upscaled or written gives a result with its ``error``; the batch
+    goes on. Stacks (multi-page TIFF, multi-frame DICOM) are upscaled frame by frame and written
+    back as one stack. Named models load once. ``progress(source, done, total)`` follows the tiles.
+
+    Raises:
+        WeightsError: the model cannot be loaded (the whole batch would fail).
+    """
+    options = options or ReadOptions()
+    for source, problem in plan.problems:
+        yield FileResult(source=source, error=problem)
+    nets: dict[str, torch.nn.Module] = {}
+    for source, target in plan.pairs:
+        if target.exists() and not overwrite:
+            yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
+            continue
+        try:
+            frames = read_frames(source, options)
+            net = model if isinstance(model, torch.nn.Module) else None
+            if net is None:
+                name = str(model_for(frames[0], model))
+                if name not in nets:
+                    nets[name] = weights.load_model(name)
+                net = nets[name]
+            outputs = []
+            for index, frame in enumerate(frames):
+                def tiles(done: int, total: int, index: int = index, source: Path = source,
+                          count: int = len(frames)) -> None:
+                    if progress:
+                        progress(source, index * total + done, count * total)
+                outputs.append(upscale(frame, model=net, outscale=outscale, tile=tile, device=device,
+                                       precision=precision, progress=tiles))
+            write_frames(target, outputs, overwrite=overwrite)
+        except weights.WeightsError:
+            raise
+        except (ImageError, ValueError, RuntimeError) as exc:
+            message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
+            log.warning(message)
+            yield FileResult(source=source, error=message)
+            continue
+        name = getattr(net, "name", type(net).__name__)
+        log.info("%s -> %s (%s)", source, target, name)
+        yield FileResult(source=source, target=target, model=name, values=describe_values(frames[0]),
+                         frames=len(frames))
