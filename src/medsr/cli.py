@@ -14,7 +14,7 @@ from medsr import batch, dicom, weights
 from medsr.config import PRESETS
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
-from medsr.io import WRITERS, ImageError, read_image, reader_for
+from medsr.io import WRITERS, ImageError, read_frames, read_image, reader_for
 from medsr.upscale import DEFAULT_MODEL
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
@@ -106,10 +106,12 @@ def run_info(args: argparse.Namespace) -> int:
             if reader_for(path) is dicom.read_dicom:
                 rows = dicom.describe(path)
             else:
-                image = read_image(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
+                frames = read_frames(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
+                image = frames[0]
                 height, width = image.size
                 rows = [("size", f"{width} x {height}"), ("mode", image.mode), ("bits", f"{image.bit_depth}"),
                         ("value range", f"{image.min_value:g}..{image.max_value:g} ({image.range_reason})")]
+                rows += [("frames", f"{len(frames)} (the first is shown)")] if len(frames) > 1 else []
                 rows += [(key, str(image.meta[key])) for key in ("dpi",) if key in image.meta]
         except ImageError as exc:
             _error(str(exc))
