@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -360,11 +363,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_logs() -> None:
+    """The library logs through ``logging``; the command line shows its INFO lines on stdout."""
+    logger = logging.getLogger("medsr")
+    for handler in [h for h in logger.handlers if getattr(h, "medsr_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.medsr_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 all done, 1 some inputs failed, 2 a usage or set-up error, 130 interrupted."""
     args = build_parser().parse_args(argv)
+    _show_library_logs()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return args.run(args)
     except ValueError as exc:  # invalid option values found after parsing
+        _error(str(exc))
+        return 2
+    except OSError as exc:  # the disk or the file system, outside any one input
         _error(str(exc))
         return 2
     except KeyboardInterrupt:

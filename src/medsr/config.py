@@ -7,6 +7,8 @@ stored in the run folder (``config.yaml``) and in every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +17,19 @@ from pathlib import Path
 import yaml
 
 from medsr.degrade import DegradeConfig
+from medsr.nets.vgg import LAYER_INDEX
+
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few kilobytes; anything near this is not one
+
+
+def check_bounds(config: object, **bounds: tuple[float | None, float | None]) -> None:
+    """Each named field must be a finite number within its (low, high) bounds, inclusive; None
+    leaves a side open. The error names the field (``from_dict`` adds the section)."""
+    for name, (low, high) in bounds.items():
+        value = getattr(config, name)
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            allowed = f"at least {low:g}" if high is None else f"within {low:g}..{high:g}"
+            raise ValueError(f"{name} {value!r}: must be {allowed}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +41,10 @@ class DataConfig:
     batch_size: int = 10
     pool_size: int = 180  # degraded pairs mixed across batches; batch_size must divide it
     use_hflip: bool = True
+    skip_bad: bool = False  # leave out unreadable or too small images (listed) instead of refusing to start
+
+    def __post_init__(self) -> None:
+        check_bounds(self, val_images=(1, None), gt_size=(8, 4096), batch_size=(1, 4096), pool_size=(1, 1_000_000))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +54,9 @@ class ModelConfig:
     init_d: str = "scratch"  # RealESRGAN_x4plus_netD.pth (or any netD checkpoint), or "scratch"
     d_warmup_iters: int = 100  # D-only steps against the frozen G when init_d is "scratch"
     ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        check_bounds(self, d_warmup_iters=(0, None), ema_decay=(0, 0.999999))
 
 
 def _default_layer_weights() -> dict[str, float]:
@@ -49,6 +71,13 @@ class LossConfig:
     gan_weight: float = 0.1  # vanilla GAN loss for G; D sees the unsharpened GT
     vgg_weights: str | None = None  # vgg19-dcbb9e9d.pth; None: torch hub cache, medsr cache, download
 
+    def __post_init__(self) -> None:
+        check_bounds(self, pixel_weight=(0, 1e6), perceptual_weight=(0, 1e6), gan_weight=(0, 1e6))
+        for layer, weight in self.perceptual_layers.items():
+            if layer not in LAYER_INDEX or not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"perceptual_layers: {layer!r}: {weight!r} (layers: {', '.join(LAYER_INDEX)}; "
+                                 "weights >= 0)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -57,6 +86,13 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     milestones: tuple[int, ...] = (400_000,)  # MultiStepLR, as upstream's fine-tuning config
     gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_bounds(self, lr_g=(1e-12, 1.0), lr_d=(1e-12, 1.0), gamma=(1e-6, 1.0))
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas {self.betas}: each must be within [0, 1)")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones {self.milestones}: iterations must be at least 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +107,12 @@ class RunConfig:
     val_every: int = 500
     image_every: int = 500  # sample images to TensorBoard
     keep_every: int = 0  # also keep iter_N.pth every N iterations (0: only latest.pth)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, iterations=(0, 100_000_000), seed=(0, 2**31 - 1), log_every=(1, None),
+                     save_every=(1, None), val_every=(1, None), image_every=(1, None), keep_every=(0, None))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,8 +132,9 @@ class TrainConfig:
             raise ValueError(f"data.gt_size {self.data.gt_size} must be a multiple of {8 * self.degrade.scale}")
         if self.model.preset not in ("x4plus", "tiny"):
             raise ValueError(f"model.preset {self.model.preset!r}: choose x4plus or tiny")
-        if self.run.iterations < 0 or self.model.d_warmup_iters < 0:
-            raise ValueError("run.iterations and model.d_warmup_iters must be >= 0")
+        if self.data.pool_size < self.data.batch_size:
+            raise ValueError(f"data.pool_size {self.data.pool_size} must be at least data.batch_size "
+                             f"{self.data.batch_size}")
         if self.loss.gan_weight == 0 and self.model.init_d != "scratch":
             raise ValueError(f"model.init_d {self.model.init_d!r} is given but loss.gan_weight is 0 "
                              "(a pixel-only run has no discriminator)")
@@ -198,10 +241,47 @@ def apply_override(tree: dict, assignment: str) -> dict:
         if not isinstance(node, dict) or part not in node:
             raise ValueError(f"unknown config key {'.'.join(parts[: depth + 1])!r} in --set {assignment!r}")
         if depth == len(parts) - 1:
-            node[part] = yaml.safe_load(text)
+            node[part] = parse_yaml(text, f"--set {assignment!r}")
         else:
             node = node[part]
     return tree
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a few hundred bytes of nested aliases can expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in medsr configs")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def read_yaml_file(path: str | Path) -> dict:
+    """A config file: a YAML mapping of at most MAX_CONFIG_BYTES, without aliases."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ValueError(f"config file {path}: not a file")
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"config file {path}: {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path}: not UTF-8 text") from None
+    loaded = parse_yaml(text, f"config file {path}") or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path}: expected a mapping at the top level")
+    return loaded
 
 
 def build_config(*, preset: str | None = None, yaml_file: str | Path | None = None,
@@ -213,9 +293,7 @@ def build_config(*, preset: str | None = None, yaml_file: str | Path | None = No
             raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         tree = _merge(tree, PRESETS[preset])
     if yaml_file:
-        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_file}: expected a mapping at the top level")
+        loaded = read_yaml_file(yaml_file)
         from_dict(TrainConfig, _merge(tree, loaded))  # unknown keys in the file are named here
         tree = _merge(tree, loaded)
     for assignment in overrides:

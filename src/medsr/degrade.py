@@ -116,6 +116,13 @@ class SharpenConfig:
     weight: float = 0.5
     threshold: float = 10 / 255  # in [0, 1] units, whatever the bit depth
 
+    def __post_init__(self) -> None:
+        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: {self.kernel_size} must be odd and at least 3")
+        if not (self.sigma > 0 and 0 <= self.weight <= 10 and 0 <= self.threshold <= 1):
+            raise ValueError(f"sigma {self.sigma} must be positive, weight {self.weight} within 0..10, "
+                             f"threshold {self.threshold} within 0..1")
+
 
 @dataclass(frozen=True, kw_only=True)
 class DegradeConfig:

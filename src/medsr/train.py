@@ -8,6 +8,7 @@ on its share of every epoch (DDP) and rank 0 alone writes.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -25,13 +26,14 @@ from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
 from medsr.data import HRImages, as_rgb
 from medsr.degrade import PairPool, apply, sample
 from medsr.infer import pick_device
-from medsr.io import image_files, read_image
+from medsr.io import ImageError, image_files, read_image
 from medsr.losses import PerceptualLoss, gan_loss
 from medsr.metrics import psnr, ssim
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
 from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
 
 GENERATORS = ("order", "crop", "degrade", "pool")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -296,23 +298,33 @@ def validate(run: Run) -> dict[str, float]:
 
 
 class Logger:
-    """Console lines, a CSV of scalars, and TensorBoard when it is installed (rank 0 only)."""
+    """Log lines (``logging``), a CSV of scalars, and TensorBoard when it is installed (rank 0 only)."""
 
     def __init__(self, run: Run) -> None:
         self.active = run.rank == 0
         self.csv = run.run_dir / "log.csv"
         self.writer = None
         if self.active:
+            self._drop_rows_after(run.iteration)
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("TensorBoard is not installed: logging to log.csv only (pip install tensorboard)")
+                log.info("TensorBoard is not installed: logging to log.csv only (pip install tensorboard)")
             else:
                 self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
 
+    def _drop_rows_after(self, iteration: int) -> None:
+        """A resumed run repeats the iterations after its last save: forget their rows."""
+        if not self.csv.exists():
+            return
+        header, *rows = self.csv.read_text().splitlines(keepends=True)
+        kept = [row for row in rows if row.split(",", 1)[0].isdigit() and int(row.split(",", 1)[0]) <= iteration]
+        if len(kept) != len(rows):
+            checkpoint.write_atomic(self.csv, (header + "".join(kept)).encode())
+
     def line(self, text: str) -> None:
         if self.active:
-            print(text, flush=True)
+            log.info(text)
 
     def scalars(self, iteration: int, values: dict[str, float]) -> None:
         if not self.active:
@@ -347,38 +359,60 @@ def finetune(config: TrainConfig, run_dir: str | Path, *, resume: bool = False) 
     ``run_dir/latest.pth`` so that N iterations, a stop and M more equal N + M uninterrupted.
     """
     run_dir = Path(run_dir)
+    if not config.data.train:
+        raise ValueError("data.train: give the folder of training images")
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the folder for all ranks
+        return _finetune(config, run_dir, resume)
+    with checkpoint.folder_lock(run_dir):
+        return _finetune(config, run_dir, resume)
+
+
+def _finetune(config: TrainConfig, run_dir: Path, resume: bool) -> list[dict[str, float]]:
     latest = run_dir / "latest.pth"
     if not resume and latest.exists():
-        raise ValueError(f"{run_dir}: holds a run already (latest.pth); use --resume or another folder")
+        raise ValueError(f"{run_dir}: holds a run already (latest.pth); resume it or give another folder")
     if resume and not latest.exists():
         raise ValueError(f"{latest}: no checkpoint to resume from")
-    if not config.data.train:
-        raise ValueError("data.train: give the folder of training images (--data DIR)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     run = build(config, run_dir)
-    log = Logger(run)
     if resume:
         restore(run, checkpoint.load(latest))
-        log.line(f"resumed {run_dir} at iteration {run.iteration}")
+    logger = Logger(run)
+    if resume:
+        logger.line(f"resumed {run_dir} at iteration {run.iteration}")
+        if run.iteration >= config.run.iterations:
+            logger.line(f"{run_dir}: the run is finished ({run.iteration} of {config.run.iterations} iterations); "
+                        "set run.iterations higher to train on")
+            return []
     else:
         init_pretrained(run)
         if run.rank == 0:
-            (run_dir / "config.yaml").write_text(dump_yaml(config))
+            checkpoint.write_atomic(run_dir / "config.yaml", dump_yaml(config).encode())
+    return _iterate(run, logger)
+
+
+def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
+    config = run.config
     if not run.warmup_done:
-        warm_up_discriminator(run, log.line)
+        warm_up_discriminator(run, logger.line)
         save(run)
     history, start, total = [], time.perf_counter(), config.run.iterations
     first = run.iteration
     while run.iteration < total:
         run.iteration += 1
-        logs, lq, sr = train_step(run)
+        try:
+            logs, lq, sr = train_step(run)
+        except ImageError as exc:  # a file changed or broke during the run: keep what is done
+            run.iteration -= 1
+            save(run)
+            raise ImageError(f"{exc}; stopped with iteration {run.iteration} saved: fix or remove the file "
+                             "and resume") from None
         history.append(logs)
-        _report(run, log, logs, first, start)
+        _report(run, logger, logs, first, start)
         if run.iteration % config.run.image_every == 0:
-            log.images(run.iteration, lq, sr)
+            logger.images(run.iteration, lq, sr)
         if run.iteration % config.run.save_every == 0 or run.iteration == total:
             save(run)
-    log.close()
+    logger.close()
     return history
 
 
@@ -406,8 +440,14 @@ def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool =
     state = checkpoint.load(checkpoint_path)
     if "net_g_ema" not in state:
         raise ValueError(f"{checkpoint_path}: not a medsr training checkpoint (no net_g_ema)")
+    fp16_max = torch.finfo(torch.float16).max
+    for name, tensor in state["net_g_ema"].items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{checkpoint_path}: tensor {name!r} holds NaN or infinite values; not exported")
+        if tensor.abs().max() > fp16_max:
+            raise ValueError(f"{checkpoint_path}: tensor {name!r} has values beyond fp16's {fp16_max:g}; not exported")
     tensors = {k: v.half().contiguous() for k, v in state["net_g_ema"].items()}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(output), metadata={"iteration": str(state["iteration"]), "source": "medsr finetune"})
+    metadata = {"iteration": str(state["iteration"]), "source": "medsr finetune"}
+    checkpoint.write_atomic(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     os.chmod(output, 0o644)  # an ordinary readable file, whatever the writer's temporary mode
     return output

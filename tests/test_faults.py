@@ -1,0 +1,130 @@
+"""Faults, hostile inputs and concurrency (issue 12): every case ends in a named error, and no run
+loses or replaces another's work."""
+
+import math
+
+import pytest
+
+from medsr.cli import main
+from medsr.config import MAX_CONFIG_BYTES, build_config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data: batch_size 0: must be within 1..4096"),
+    ("data.gt_size=0", "data: gt_size 0: must be within 8..4096"),
+    ("data.gt_size=-32", "data: gt_size -32: must be within 8..4096"),
+    ("data.pool_size=0", "data: pool_size 0: must be within"),
+    ("run.save_every=0", "run: save_every 0: must be at least 1"),
+    ("run.log_every=0", "run: log_every 0: must be at least 1"),
+    ("run.val_every=0", "run: val_every 0: must be at least 1"),
+    ("run.device=tpu", "run: device 'tpu': use auto, cpu, cuda or cuda:N"),
+    ("model.ema_decay=2", "model: ema_decay 2.0: must be within 0..0.999999"),
+    ("optim.lr_g=.nan", "optim: lr_g nan: must be within"),
+    ("loss.gan_weight=-1", "loss: gan_weight -1.0: must be within"),
+    ("degrade.sharpen.kernel_size=4", "kernel_size: 4 must be odd"),
+])
+def test_config_values_out_of_range_are_named(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config(overrides=(override,))
+
+
+def test_config_file_problems_are_one_line_errors(tmp_path, capsys):
+    cases = {
+        tmp_path / "missing.yaml": "No such file",
+        tmp_path: "not a file",
+    }
+    (tmp_path / "bad.yaml").write_text("run: [unclosed\n")
+    cases[tmp_path / "bad.yaml"] = "not valid YAML"
+    # 384 bytes that expand to 9^9 list items through aliases (the "billion laughs").
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    cases[tmp_path / "bomb.yaml"] = "aliases"
+    (tmp_path / "huge.yaml").write_text("#" * (MAX_CONFIG_BYTES + 1))
+    cases[tmp_path / "huge.yaml"] = "a config is at most"
+    for path, message in cases.items():
+        code = main(["finetune", "-o", str(tmp_path / "run"), "--config", str(path), "--data", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err and len(err) < 500, (path, err)
+
+
+def test_config_overrides_cannot_expand_aliases():
+    with pytest.raises(ValueError, match="aliases"):
+        build_config(overrides=("run.iterations=*a",))
+    assert math.isclose(build_config(overrides=("model.ema_decay=0.99",)).model.ema_decay, 0.99)
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning runs
+
+
+@pytest.fixture
+def train_dir(tmp_path):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from .conftest import random_image
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i in range(3):
+        PILImage.fromarray(random_image(48, 40, 3, np.uint8, seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
+def tiny(train_dir, *extra):
+    from .test_train import TINY
+
+    return build_config(overrides=(*TINY, f"data.train={train_dir}", *extra))
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(train_dir, tmp_path):
+    from medsr import checkpoint
+    from medsr.train import finetune
+
+    with checkpoint.folder_lock(tmp_path / "run"):  # as a first run holds it
+        with pytest.raises(ValueError, match=r"another run is using this folder \(process \d+\)"):
+            finetune(tiny(train_dir), tmp_path / "run")
+    assert not (tmp_path / "run" / "latest.pth").exists()
+    assert len(finetune(tiny(train_dir), tmp_path / "run")) == 4  # free again once the holder is gone
+
+
+def test_resume_after_a_kill_keeps_one_log_row_per_iteration(train_dir, tmp_path, caplog):
+    import logging
+
+    from medsr.train import finetune
+
+    from medsr import checkpoint
+
+    run = tmp_path / "run"
+    finetune(tiny(train_dir, "run.iterations=3"), run)  # logs 1..3, saves at 2 and 3
+    # As if killed after iteration 3 was logged but before it was saved, in the middle of a save:
+    # put back the checkpoint of iteration 2 (the same run, stopped there) and a half-written file.
+    finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "two")
+    checkpoint.save(run / "latest.pth", checkpoint.load(tmp_path / "two" / "latest.pth"))
+    (run / ".latest.pth.999999.part").write_bytes(b"half a checkpoint of a killed run")
+    finetune(tiny(train_dir), run, resume=True)
+    rows = [line.split(",")[:2] for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert len(rows) == len(set(map(tuple, rows)))  # no iteration logged twice
+    assert sorted({int(i) for i, _ in rows}) == [1, 2, 3, 4]
+    assert not (run / ".latest.pth.999999.part").exists()
+    with caplog.at_level(logging.INFO, logger="medsr"):
+        assert finetune(tiny(train_dir), run, resume=True) == []
+    assert "the run is finished (4 of 4 iterations)" in caplog.text
+
+
+def test_export_refuses_non_finite_and_fp16_overflowing_weights(train_dir, tmp_path):
+    import torch
+
+    from medsr import checkpoint
+    from medsr.train import export, finetune
+
+    finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "run")
+    state = checkpoint.load(tmp_path / "run" / "latest.pth")
+    for value, message in ((float("nan"), "NaN or infinite"), (1e6, "beyond fp16")):
+        state["net_g_ema"]["conv_last.bias"][0] = value
+        checkpoint.save(tmp_path / "bad.pth", state)
+        with pytest.raises(ValueError, match=message):
+            export(tmp_path / "bad.pth", tmp_path / "m.safetensors")
+        assert not (tmp_path / "m.safetensors").exists()
+    assert torch.isfinite(checkpoint.load(tmp_path / "run" / "latest.pth")["net_g_ema"]["conv_last.bias"]).all()
