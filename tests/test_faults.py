@@ -36,8 +36,9 @@ def test_config_file_problems_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("run: [unclosed\n")
     cases[tmp_path / "bad.yaml"] = "not valid YAML"
     # 384 bytes that expand to 9^9 list items through aliases (the "billion laughs").
+    levels = "abcdefghi"
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip(levels, levels[1:], strict=False))
     (tmp_path / "bomb.yaml").write_text(bomb)
     cases[tmp_path / "bomb.yaml"] = "aliases"
     (tmp_path / "huge.yaml").write_text("#" * (MAX_CONFIG_BYTES + 1))
@@ -92,9 +93,8 @@ def test_a_second_run_into_a_locked_folder_is_refused(train_dir, tmp_path):
 def test_resume_after_a_kill_keeps_one_log_row_per_iteration(train_dir, tmp_path, caplog):
     import logging
 
-    from medsr.train import finetune
-
     from medsr import checkpoint
+    from medsr.train import finetune
 
     run = tmp_path / "run"
     finetune(tiny(train_dir, "run.iterations=3"), run)  # logs 1..3, saves at 2 and 3
