@@ -1,12 +1,21 @@
 """Faults, hostile inputs and concurrency (issue 12): every case ends in a named error, and no run
 loses or replaces another's work."""
 
+import logging
 import math
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image as PILImage
 
+from medsr import checkpoint, files
 from medsr.cli import main
 from medsr.config import MAX_CONFIG_BYTES, build_config
+from medsr.train import export, finetune
+
+from .conftest import random_image
+from .test_train import TINY
 
 
 @pytest.mark.parametrize("override, message", [
@@ -61,11 +70,6 @@ def test_config_overrides_cannot_expand_aliases():
 
 @pytest.fixture
 def train_dir(tmp_path):
-    import numpy as np
-    from PIL import Image as PILImage
-
-    from .conftest import random_image
-
     folder = tmp_path / "hr"
     folder.mkdir()
     for i in range(3):
@@ -74,16 +78,12 @@ def train_dir(tmp_path):
 
 
 def tiny(train_dir, *extra):
-    from .test_train import TINY
-
     return build_config(overrides=(*TINY, f"data.train={train_dir}", *extra))
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(train_dir, tmp_path):
-    from medsr import checkpoint
-    from medsr.train import finetune
 
-    with checkpoint.folder_lock(tmp_path / "run"):  # as a first run holds it
+    with files.folder_lock(tmp_path / "run"):  # as a first run holds it
         with pytest.raises(ValueError, match=r"another run is using this folder \(process \d+\)"):
             finetune(tiny(train_dir), tmp_path / "run")
     assert not (tmp_path / "run" / "latest.pth").exists()
@@ -91,10 +91,6 @@ def test_a_second_run_into_a_locked_folder_is_refused(train_dir, tmp_path):
 
 
 def test_resume_after_a_kill_keeps_one_log_row_per_iteration(train_dir, tmp_path, caplog):
-    import logging
-
-    from medsr import checkpoint
-    from medsr.train import finetune
 
     run = tmp_path / "run"
     finetune(tiny(train_dir, "run.iterations=3"), run)  # logs 1..3, saves at 2 and 3
@@ -114,10 +110,6 @@ def test_resume_after_a_kill_keeps_one_log_row_per_iteration(train_dir, tmp_path
 
 
 def test_export_refuses_non_finite_and_fp16_overflowing_weights(train_dir, tmp_path):
-    import torch
-
-    from medsr import checkpoint
-    from medsr.train import export, finetune
 
     finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "run")
     state = checkpoint.load(tmp_path / "run" / "latest.pth")
@@ -128,3 +120,79 @@ def test_export_refuses_non_finite_and_fp16_overflowing_weights(train_dir, tmp_p
             export(tmp_path / "bad.pth", tmp_path / "m.safetensors")
         assert not (tmp_path / "m.safetensors").exists()
     assert torch.isfinite(checkpoint.load(tmp_path / "run" / "latest.pth")["net_g_ema"]["conv_last.bias"]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# weights: integrity and bounded resources
+
+
+def test_a_bit_flipped_cache_file_is_derived_again(tmp_path):
+    from medsr import weights
+
+    state = {k: v for k, v in weights.rrdbnet("tiny").state_dict().items()}
+    torch.save({"params_ema": state}, tmp_path / "tiny.pth")
+    spec = weights.ModelSpec(name="flip-test", preset="tiny", description="test", url=(tmp_path / "tiny.pth").as_uri())
+    path = weights.fetch(spec, online=True)
+    assert (path.parent / (path.name + ".sha256")).read_text().strip() == files.sha256(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # one bit in the last weight
+    path.write_bytes(bytes(data))
+    again = weights.fetch(spec, online=True)  # re-downloaded and verified, not used as damaged
+    assert again == path and files.sha256(again) != files.sha256(tmp_path / "tiny.pth")  # a safetensors copy
+    assert torch.equal(weights.load_generator(again).state_dict()["conv_last.bias"], state["conv_last.bias"])
+
+
+def test_a_damaged_packaged_model_is_refused(tmp_path, monkeypatch):
+    from medsr import weights
+
+    spec = weights.KNOWN_MODELS["cxr"]
+    copy = tmp_path / spec.packaged
+    data = bytearray((weights.PACKAGED_DIR / spec.packaged).read_bytes())
+    data[-2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "PACKAGED_DIR", tmp_path)
+    with pytest.raises(weights.WeightsError, match="is damaged .*reinstall medsr"):
+        weights.load_model("cxr")
+
+
+def test_hostile_checkpoints_are_refused_before_building(tmp_path):
+    from medsr import weights
+
+    small = {k: v for k, v in weights.rrdbnet("tiny").state_dict().items()}
+    many = dict(small)
+    for block in range(2, 20_000):  # a 20,000-block network, declared by names alone
+        many[f"body.{block}.rdb1.conv1.weight"] = small["body.0.rdb1.conv1.weight"]
+    torch.save(many, tmp_path / "many.pth")
+    with pytest.raises(weights.WeightsError, match="need 1 to 64"):
+        weights.load_generator(tmp_path / "many.pth")
+    # A small file whose tensor claims far more storage than the file holds.
+    torch.save({"params": small}, tmp_path / "ok.pth")
+    data = (tmp_path / "ok.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(weights.WeightsError, match=r"cut\.pth: cannot read checkpoint"):
+        weights.load_generator(tmp_path / "cut.pth")
+
+
+@pytest.mark.parametrize("outscale", ["inf", "nan", "2000", "-1", "0"])
+def test_outscale_must_be_finite_and_at_most_16(tmp_path, outscale, capsys):
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--outscale", outscale])
+    err = capsys.readouterr().err
+    assert code == 2 and "outscale" in err and "Traceback" not in err and not (tmp_path / "o.png").exists()
+
+
+def test_unknown_device_is_a_usage_error(tmp_path, capsys):
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--device", "foo"]) == 2
+    assert "device 'foo'" in capsys.readouterr().err
+
+
+def test_an_image_too_large_for_memory_is_refused_by_name(tmp_path, tiny_net, monkeypatch):
+    import medsr
+    from medsr import infer
+
+    monkeypatch.setattr(infer, "available_memory", lambda: 50_000_000)  # 50 MB left
+    monkeypatch.setattr(infer, "DEFAULT_CPU_BUDGET", 1_000_000)
+    with pytest.raises(medsr.ImageError, match=r"array: x4 .* needs about .* more than the .* available"):
+        medsr.upscale(random_image(400, 400, 3), model=tiny_net)
+    assert medsr.upscale(random_image(40, 40, 3), model=tiny_net).shape == (160, 160, 3)

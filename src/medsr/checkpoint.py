@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
-import logging
-import os
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from medsr import files
+
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
     """Every random state of this process: torch (CPU and CUDA), numpy, python, and our generators."""
@@ -46,78 +42,9 @@ def _to_tuples(value):
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def write_atomic(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
-    """Write ``data`` (bytes, or a function that writes a given path) through a temporary file in
-    the same folder, then rename: a kill or a full disk leaves the previous file intact.
-
-    The temporary name carries the process id (``.NAME.PID.part``), so files left by a killed
-    process can be told from a running one's (``stale_temporaries``).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if callable(data):
-            data(tmp)
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        kept = " (the previous file is kept)" if path.exists() else ""
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{kept}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def stale_temporaries(folder: str | Path) -> list[Path]:
-    """Temporary files of ``write_atomic`` in ``folder`` whose process no longer runs."""
-    stale = []
-    for part in Path(folder).glob(".*.part"):
-        pid = part.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _running(int(pid)):
-            stale.append(part)
-    return stale
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold ``folder/.lock`` for the life of a run: a second run into the folder is refused,
-    naming the process that holds it. The lock goes with the process, however it ends."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise ValueError(f"{folder}: another run is using this folder (process {holder})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        for stale in stale_temporaries(folder):  # left by a killed run: never complete, never needed
-            log.warning("removing %s, left by a run that was killed while saving", stale)
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        handle.close()
-
-
 def save(path: str | Path, checkpoint: dict) -> None:
     """Write atomically (see ``write_atomic``)."""
-    write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+    files.write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load(path: str | Path) -> dict:

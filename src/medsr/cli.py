@@ -18,7 +18,7 @@ from medsr.config import PRESETS
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
 from medsr.io import WRITERS, ImageError, read_frames, read_image, reader_for
-from medsr.upscale import DEFAULT_MODEL
+from medsr.upscale import DEFAULT_MODEL, check_outscale
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
               "smallest of 8/10/12/14/16 bits that holds the data), full (the file type's range) or LO,HI "
@@ -40,8 +40,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         return 2
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
-    if args.outscale is not None and args.outscale <= 0:
-        raise ValueError(f"--outscale {args.outscale}: must be positive")
+    if args.outscale is not None:
+        check_outscale(args.outscale)
     options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
                           value_range=parse_range(args.range))
     plan = batch.plan_outputs(args.inputs, args.output, ext=ext)

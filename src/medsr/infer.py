@@ -16,6 +16,7 @@ The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), beca
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -43,6 +44,8 @@ class OutputError(RuntimeError):
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(device)):
+        raise ValueError(f"device {str(device)!r}: use auto, cpu, cuda or cuda:N")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for, but PyTorch sees no CUDA device")
@@ -60,6 +63,18 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 inference is not supported on CPU; use fp32 or bf16")
     return PRECISIONS[precision]
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available now (Linux ``MemAvailable``); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def memory_budget(device: torch.device) -> int:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from medsr import checkpoint, weights
+from medsr import checkpoint, files, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
 from medsr.data import HRImages, as_rgb
 from medsr.degrade import PairPool, apply, sample
@@ -320,7 +320,7 @@ class Logger:
         header, *rows = self.csv.read_text().splitlines(keepends=True)
         kept = [row for row in rows if row.split(",", 1)[0].isdigit() and int(row.split(",", 1)[0]) <= iteration]
         if len(kept) != len(rows):
-            checkpoint.write_atomic(self.csv, (header + "".join(kept)).encode())
+            files.write_atomic(self.csv, (header + "".join(kept)).encode())
 
     def line(self, text: str) -> None:
         if self.active:
@@ -363,7 +363,7 @@ def finetune(config: TrainConfig, run_dir: str | Path, *, resume: bool = False) 
         raise ValueError("data.train: give the folder of training images")
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the folder for all ranks
         return _finetune(config, run_dir, resume)
-    with checkpoint.folder_lock(run_dir):
+    with files.folder_lock(run_dir):
         return _finetune(config, run_dir, resume)
 
 
@@ -386,7 +386,7 @@ def _finetune(config: TrainConfig, run_dir: Path, resume: bool) -> list[dict[str
     else:
         init_pretrained(run)
         if run.rank == 0:
-            checkpoint.write_atomic(run_dir / "config.yaml", dump_yaml(config).encode())
+            files.write_atomic(run_dir / "config.yaml", dump_yaml(config).encode())
     return _iterate(run, logger)
 
 
@@ -448,6 +448,6 @@ def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool =
             raise ValueError(f"{checkpoint_path}: tensor {name!r} has values beyond fp16's {fp16_max:g}; not exported")
     tensors = {k: v.half().contiguous() for k, v in state["net_g_ema"].items()}
     metadata = {"iteration": str(state["iteration"]), "source": "medsr finetune"}
-    checkpoint.write_atomic(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    files.write_atomic(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     os.chmod(output, 0o644)  # an ordinary readable file, whatever the writer's temporary mode
     return output

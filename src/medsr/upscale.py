@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from medsr.image import ReadOptions
-from medsr.infer import OutputError, upscale_tensor
+from medsr import infer
+from medsr.image import ImageError, ReadOptions
+from medsr.infer import OutputError, pick_device, upscale_tensor
 from medsr.io import Image, read_image
 from medsr.nets.rrdbnet import RRDBNet
 from medsr.weights import load_model
@@ -25,6 +27,36 @@ def model_for(image: Image, model: str | Path = DEFAULT_MODEL) -> str | Path:
     if str(model) != "auto":
         return model
     return "cxr" if image.is_gray else "retina"
+
+
+MAX_OUTSCALE = 16
+
+
+def check_outscale(outscale: float) -> float:
+    outscale = float(outscale)
+    if not (math.isfinite(outscale) and 0 < outscale <= MAX_OUTSCALE):
+        raise ValueError(f"outscale {outscale:g}: must be a number above 0 and at most {MAX_OUTSCALE}")
+    return outscale
+
+
+def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: torch.device, source: str) -> None:
+    """Refuse, before the model runs, an image whose result cannot fit in the memory there is.
+
+    The peak holds the network's output and its NumPy view, the resized result and its quantised
+    copy (all float32 but the last), and the tiles' activations (the inference budget).
+    """
+    available = infer.available_memory()
+    if available is None:
+        return
+    height, width = image.size
+    channels = image.pixels.shape[0] + (image.alpha is not None)
+    network_out = height * scale * width * scale * channels * 4
+    final = out_size[0] * out_size[1] * channels * 4
+    need = 2 * network_out + 2 * final + (infer.memory_budget(device) if device.type == "cpu" else 0)
+    if need > available:
+        raise ImageError(f"{source}: x{out_size[0] / height:g} of {width}x{height} needs about "
+                         f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available now; "
+                         "use a smaller outscale, or split the image")
 
 
 def resize_lanczos(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -79,12 +111,11 @@ def upscale(
         image = read_image(image, ReadOptions(value_range=value_range))
     net = model if isinstance(model, torch.nn.Module) else load_model(model_for(image, model))
     name = getattr(net, "name", type(net).__name__)
-    outscale = float(net.scale if outscale is None else outscale)
-    if outscale <= 0:
-        raise ValueError(f"outscale must be positive, got {outscale}")
+    outscale = check_outscale(net.scale if outscale is None else outscale)
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
     source = image.meta.get("source", "array")
+    _check_memory(image, net.scale, (out_h, out_w), pick_device(device), source)
     try:
         sr = upscale_tensor(net, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
                             progress=progress).numpy()

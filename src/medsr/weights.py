@@ -9,6 +9,7 @@ official release file; and, offline, a conversion of the ncnn copy that the PyPI
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 import urllib.error
@@ -22,9 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from medsr import files
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet, rrdbnet_from_state_dict
 from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
 from medsr.nets.vgg import VGG19Features
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(RuntimeError):
@@ -42,6 +46,7 @@ class ModelSpec:
     ncnn_package: str | None = None  # importable package that ships an ncnn copy
     ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
     packaged: str | None = None  # file shipped inside medsr's own models/ folder
+    sha256: str | None = None  # of the packaged file, checked on every load
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -58,12 +63,14 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         preset="x4plus",
         description="medsr retina model: x4plus fine-tuned on STARE fundus images (docs/models/retina.md), x4",
         packaged="retina.safetensors",
+        sha256="0c97232f9b40bfe53ad99ad6254bc5a3e5ccdf4f1a97cf91ee84773a6e5598b7",
     ),
     "cxr": ModelSpec(
         name="cxr",
         preset="x4plus",
         description="medsr chest X-ray model: x4plus fine-tuned on NIH ChestX-ray14 (docs/models/cxr.md), x4",
         packaged="cxr.safetensors",
+        sha256="e4dbee23afc08450da2d9d03a63ebd46ea5579d975528a058cb3df562b19b5de",
     ),
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
@@ -100,12 +107,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".safetensors":
-            raw = load_file(path)
+            raw = load_file(path)  # offsets in the header are checked against the file's size
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = _torch_load(path)
     except Exception as exc:  # the libraries raise many types for a bad file
         raise WeightsError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     return unwrap_state_dict(raw, source=path)
+
+
+def _torch_load(path: Path) -> object:
+    """Weights only, memory-mapped: a small file that declares huge tensors cannot make us allocate
+    them (the mapping must fit the file). Files of the legacy format cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def unwrap_state_dict(raw: object, *, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -242,32 +260,41 @@ def ncnn_files(spec: ModelSpec) -> tuple[Path, Path] | None:
 # Resolving a model name to a file
 
 
-def _atomic_save(state: dict[str, torch.Tensor], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is ordinary user data
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def _cache(state: dict[str, torch.Tensor], target: Path) -> None:
+    """Cache as safetensors with a SHA-256 sidecar (``NAME.safetensors.sha256``) checked on load."""
+    files.write_atomic(target, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp))
+    files.write_atomic(_sidecar(target), (files.sha256(target) + "\n").encode())
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _cache_intact(target: Path) -> bool:
+    """The cached file matches its sidecar; a damaged one (bit flips, a partial copy) is removed."""
+    sidecar = _sidecar(target)
+    expected = sidecar.read_text().strip() if sidecar.is_file() else None
+    if expected == files.sha256(target):
+        return True
+    log.warning("%s does not match its recorded SHA-256 (%s); deriving it again", target,
+                "no record" if expected is None else expected[:12])
+    target.unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+    return False
 
 
 def download(url: str, target: Path, *, timeout: float = 30.0) -> None:
     """Download ``url`` to ``target`` through a temporary file, with a progress bar."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+
+    def fetch_to(tmp: Path) -> None:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    files.write_atomic(target, fetch_to)
 
 
 def _download_verified(spec: ModelSpec, target: Path) -> Path:
@@ -277,7 +304,7 @@ def _download_verified(spec: ModelSpec, target: Path) -> Path:
         pth = Path(tmp) / Path(str(spec.url)).name
         download(str(spec.url), pth)
         net = load_generator(pth, preset=spec.preset)
-        _atomic_save(net.state_dict(), target)
+        _cache(net.state_dict(), target)
     return target
 
 
@@ -291,9 +318,12 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
         shipped = PACKAGED_DIR / spec.packaged
         if not shipped.is_file():
             raise WeightsError(f"{shipped}: the packaged model {spec.name!r} is missing; reinstall medsr")
+        if spec.sha256 and files.sha256(shipped) != spec.sha256:
+            raise WeightsError(f"{shipped}: the packaged model {spec.name!r} is damaged (SHA-256 differs from "
+                               "the one recorded in medsr); reinstall medsr")
         return shipped
     target = cached_path(spec)
-    if target.is_file():
+    if target.is_file() and _cache_intact(target):
         return target
     if online is None:
         online = os.environ.get("MEDSR_OFFLINE", "") not in ("1", "true", "yes")
@@ -303,9 +333,9 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
             return _download_verified(spec, target)
         except (urllib.error.URLError, OSError, WeightsError) as exc:
             tried.append(f"download {spec.url}: {exc}")
-    files = ncnn_files(spec)
-    if files:
-        _atomic_save(convert_ncnn(*files, rrdbnet(spec.preset)), target)
+    found = ncnn_files(spec)
+    if found:
+        _cache(convert_ncnn(*found, rrdbnet(spec.preset)), target)
         return target
     if spec.ncnn_package:
         tried.append(f"ncnn copy: package {spec.ncnn_package!r} is not installed")

@@ -113,6 +113,9 @@ def rrdbnet(preset: str, **overrides: int) -> RRDBNet:
     return RRDBNet(**{**PRESETS[preset], **overrides})
 
 
+MAX_BLOCKS, MAX_WIDTH = 64, 256  # published models: 23 blocks of 64 features
+
+
 def rrdbnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RRDBNet:
     """Build an RRDBNet whose shape fits ``state_dict``, reading hyperparameters from tensor shapes."""
     try:
@@ -121,8 +124,16 @@ def rrdbnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RRDBNet:
         grow = state_dict["body.0.rdb1.conv1.weight"]
     except KeyError as exc:
         raise ValueError(f"not an RRDBNet state dict: missing tensor {exc.args[0]!r}") from None
-    blocks = {int(key.split(".")[1]) for key in state_dict if key.startswith("body.")}
+    blocks = {int(key.split(".")[1]) for key in state_dict if key.startswith("body.") and key.split(".")[1].isdigit()}
     num_out_ch = last.shape[0]
+    # Refuse shapes no published RRDBNet has before building anything: a small hostile file could
+    # otherwise ask for a network of thousands of blocks or gigabytes of parameters.
+    if blocks != set(range(len(blocks))) or not 1 <= len(blocks) <= MAX_BLOCKS:
+        raise ValueError(f"RRDB blocks {min(blocks, default=0)}..{max(blocks, default=-1)}: need 1 to {MAX_BLOCKS}, "
+                         "numbered from 0 without gaps")
+    if not (first.shape[0] <= MAX_WIDTH and grow.shape[0] <= MAX_WIDTH and num_out_ch in (1, 3, 4)):
+        raise ValueError(f"features {first.shape[0]}, growth {grow.shape[0]}, channels {num_out_ch}: need at most "
+                         f"{MAX_WIDTH} features and 1, 3 or 4 channels")
     # conv_first sees num_in_ch * unshuffle**2 channels; RGB in and out is the only layout published.
     unshuffle_sq = first.shape[1] // num_out_ch
     scale = {1: 4, 4: 2, 16: 1}.get(unshuffle_sq)
