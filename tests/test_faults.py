@@ -3,6 +3,7 @@ loses or replaces another's work."""
 
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -196,3 +197,90 @@ def test_an_image_too_large_for_memory_is_refused_by_name(tmp_path, tiny_net, mo
     with pytest.raises(medsr.ImageError, match=r"array: x4 .* needs about .* more than the .* available"):
         medsr.upscale(random_image(400, 400, 3), model=tiny_net)
     assert medsr.upscale(random_image(40, 40, 3), model=tiny_net).shape == (160, 160, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# training data
+
+
+def test_bad_training_files_are_listed_at_start_or_skipped(train_dir, tmp_path, caplog):
+    (train_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    PILImage.fromarray(random_image(20, 40, 3)).save(train_dir / "small.png")  # below the 32 px crop
+    with pytest.raises(ValueError) as info:
+        finetune(tiny(train_dir), tmp_path / "run")
+    message = str(info.value)
+    assert "2 of the training images cannot be used" in message and "data.skip_bad" in message
+    assert "broken.png: cannot read the image header" in message and "small.png: 40x20 is smaller" in message
+    assert not (tmp_path / "run" / "latest.pth").exists()
+    with caplog.at_level(logging.WARNING, logger="medsr"):
+        assert len(finetune(tiny(train_dir, "data.skip_bad=true"), tmp_path / "run")) == 4
+    assert "left out" in caplog.text and "broken.png" in caplog.text
+
+
+def test_missing_or_broken_validation_folder_fails_at_start(train_dir, tmp_path):
+    with pytest.raises(ValueError, match="no such folder"):
+        finetune(tiny(train_dir, f"data.val={tmp_path / 'nowhere'}"), tmp_path / "run")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "x.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="validation images cannot be used"):
+        finetune(tiny(train_dir, f"data.val={tmp_path / 'val'}"), tmp_path / "run2")
+
+
+def test_resume_after_a_training_file_was_removed(train_dir, tmp_path, caplog):
+    finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "run")  # half way through the first epoch
+    (train_dir / "0.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="medsr"):
+        assert len(finetune(tiny(train_dir), tmp_path / "run", resume=True)) == 2
+    assert "the training images changed since the checkpoint" in caplog.text
+
+
+def test_a_file_broken_during_the_run_keeps_the_last_iteration(train_dir, tmp_path, monkeypatch):
+    from medsr import data
+
+    calls = {"n": 0}
+    real = data.read_image
+
+    def failing(path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # a crop of a later iteration (the first ones also fill the pool)
+            raise data.ImageError(f"{path}: cannot decode (simulated)")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "read_image", failing)
+    with pytest.raises(data.ImageError, match=r"stopped with iteration \d+ saved") as info:
+        finetune(tiny(train_dir, "run.save_every=100"), tmp_path / "run")  # no save would come before 4
+    saved = int(str(info.value).split("stopped with iteration ")[1].split()[0])
+    assert saved >= 1 and checkpoint.load(tmp_path / "run" / "latest.pth")["iteration"] == saved
+
+
+# ---------------------------------------------------------------------------------------------
+# output side
+
+
+def test_unwritable_outputs_are_found_before_any_model_runs(tmp_path, capsys, monkeypatch):
+    import medsr
+    from medsr import weights
+
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("a file where a folder should be")
+    monkeypatch.setattr(weights, "load_model", lambda name: pytest.fail("a model was loaded"))
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "out")])
+    assert code == 1 and "is a file, not a folder" in capsys.readouterr().err
+    readonly = tmp_path / "ro"
+    readonly.mkdir(mode=0o555)
+    if os.access(readonly, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: a read-only folder is still writable")
+    plan = medsr.plan_outputs([tmp_path / "a.png"], readonly / "sub")
+    assert not plan.pairs and "is not writable" in plan.problems[0][1]
+
+
+def test_an_output_that_is_a_folder_is_a_per_file_error(tmp_path, tiny_net):
+    import medsr
+
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "b.png")
+    (tmp_path / "out" / "a.png").mkdir(parents=True)  # a folder named like the output
+    plan = medsr.plan_outputs([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out")
+    results = list(medsr.upscale_files(plan, model=tiny_net, overwrite=True))
+    assert [r.ok for r in results] == [False, True]
+    assert "a.png" in results[0].error and "Traceback" not in results[0].error

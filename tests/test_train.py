@@ -30,7 +30,7 @@ def train_dir(tmp_path):
     folder.mkdir()
     PILImage.fromarray(random_image(48, 40, 3)).save(folder / "a.png")
     PILImage.fromarray(random_image(40, 56, 3, seed=1)).save(folder / "b.jpg")
-    PILImage.fromarray(random_image(36, 30, 1, np.uint16, seed=2).squeeze()).save(folder / "c16.png")  # < crop
+    PILImage.fromarray(random_image(36, 34, 1, np.uint16, seed=2).squeeze()).save(folder / "c16.png")
     return folder
 
 

@@ -9,6 +9,7 @@ write it checked, and report one result per file. The CLI, notebooks and cluster
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     single_file = len(inputs) == 1 and not inputs[0].is_dir() and output.suffix.lower() in WRITERS
     if output.suffix.lower() in WRITERS and not single_file:
         return Plan([], problems + [(output, f"{output}: an output file name needs exactly one input file")])
+    unwritable = _unwritable(output.parent if single_file else output)
+    if unwritable:  # found before any model runs, not after the first image
+        return Plan([], problems + [(output, unwritable)])
     pairs, taken = [], {}
     for source, relative in sources:
         target = output if single_file else output / relative
@@ -89,6 +93,18 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
             taken[target] = source
             pairs.append((source, target))
     return Plan(pairs, problems)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (or in the folders that would be made for it)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{folder}: cannot write there ({existing} is a file, not a folder)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{folder}: cannot write there ({existing} is not writable)"
+    return None
 
 
 def describe_values(image: Image) -> str:

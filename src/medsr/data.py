@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from medsr.image import Image
-from medsr.io import image_files, read_image, write_image
+from medsr.io import ImageError, image_files, image_size, read_image, write_image
 from medsr.upscale import resize_lanczos
+
+log = logging.getLogger(__name__)
 
 
 def as_rgb(image: Image) -> torch.Tensor:
@@ -22,17 +24,43 @@ def as_rgb(image: Image) -> torch.Tensor:
     return pixels.expand(3, -1, -1).clone() if pixels.shape[0] == 1 else pixels
 
 
+def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str) -> list[Path]:
+    """The image files of ``folder`` whose headers read and that are at least ``min_side`` on both
+    sides. Others are listed in the error, or with ``skip_bad`` in a warning and left out."""
+    files, problems = [], []
+    for path in image_files(folder):
+        try:
+            height, width = image_size(path)
+        except ImageError as exc:
+            problems.append(str(exc))
+            continue
+        if min(height, width) < min_side:
+            problems.append(f"{path}: {width}x{height} is smaller than the {min_side}-pixel crop")
+        else:
+            files.append(path)
+    if problems and not skip_bad:
+        raise ValueError(f"{folder}: {len(problems)} of the {what} images cannot be used (set data.skip_bad "
+                         "to leave them out):\n  " + "\n  ".join(problems))
+    for problem in problems:
+        log.warning("left out: %s", problem)
+    if not files:
+        raise ValueError(f"{folder}: no usable {what} images")
+    return files
+
+
 class HRImages:
-    """Ground-truth batches: random ``gt_size`` crops (reflect-padded when smaller) with random
-    horizontal flips, from every image medsr reads (8/16-bit, gray/RGB), in epochs.
+    """Ground-truth batches: random ``gt_size`` crops with random horizontal flips, from every image
+    medsr reads (8/16-bit, gray/RGB), in epochs. Images that do not read or are smaller than a crop
+    are refused when the run starts (or left out with ``skip_bad``).
 
     The epoch order comes from ``order_generator`` (the same on every rank); each rank takes its
     share of every epoch. Crops and flips come from ``crop_generator``.
     """
 
     def __init__(self, folder: str | Path, *, gt_size: int, use_hflip: bool = True, rank: int = 0,
-                 world_size: int = 1) -> None:
-        self.files = image_files(folder)
+                 world_size: int = 1, skip_bad: bool = False) -> None:
+        self.folder = Path(folder)
+        self.files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training")
         if len(self.files) < world_size:
             raise ValueError(f"{folder}: {len(self.files)} training images found, need at least {world_size}")
         self.gt_size, self.use_hflip, self.rank, self.world_size = gt_size, use_hflip, rank, world_size
@@ -40,10 +68,26 @@ class HRImages:
         self.position = 0
 
     def state_dict(self) -> dict:
-        return {"order": list(self.order), "position": self.position}
+        names = [str(p.relative_to(self.folder)) for p in self.files]
+        return {"order": list(self.order), "position": self.position, "files": names}
 
     def load_state_dict(self, state: dict) -> None:
-        self.order, self.position = list(state["order"]), int(state["position"])
+        """Continue the stored epoch; files removed since are left out of it (new ones join the next)."""
+        order, position = list(state["order"]), int(state["position"])
+        stored = state.get("files")
+        names = [str(p.relative_to(self.folder)) for p in self.files]
+        if stored is not None and stored != names:
+            index = {name: i for i, name in enumerate(names)}
+            remaining = [index.get(stored[i]) for i in order[position:]]
+            gone = sum(i is None for i in remaining)
+            log.warning("%s: the training images changed since the checkpoint (%d now, %d then); the current "
+                        "epoch goes on without %d removed file(s), so the run is no longer an exact repeat",
+                        self.folder, len(names), len(stored), gone)
+            order, position = [i for i in remaining if i is not None], 0
+        elif any(i >= len(self.files) for i in order):
+            raise ValueError(f"{self.folder}: the checkpoint's epoch refers to {max(order) + 1} images, "
+                             f"the folder holds {len(self.files)}")
+        self.order, self.position = order, position
 
     def _next_index(self, order_generator: torch.Generator) -> int:
         if self.position >= len(self.order):
@@ -54,12 +98,7 @@ class HRImages:
 
     def crop(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         size = self.gt_size
-        height, width = image.shape[-2:]
-        if height < size or width < size:
-            pad_h, pad_w = max(0, size - height), max(0, size - width)
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            image = F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
-            height, width = image.shape[-2:]
+        height, width = image.shape[-2:]  # at least ``size``: checked when the run starts
         top = int(torch.randint(0, height - size + 1, (), generator=generator))
         left = int(torch.randint(0, width - size + 1, (), generator=generator))
         crop = image[:, top : top + size, left : left + size]

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import png  # pypng: Pillow reads and writes 16-bit colour PNG as 8-bit only
+import png
+import pydicom  # pypng: Pillow reads and writes 16-bit colour PNG as 8-bit only
 import tifffile
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
@@ -237,6 +238,27 @@ def reader_for(path: Path) -> Callable[[Path, ReadOptions], Image] | None:
     if reader is None and path.is_file() and dicom.is_dicom(path):
         reader = dicom.read_dicom
     return reader
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels (the first
+    frame of a stack). Raises ImageError naming the file when the header cannot be read."""
+    path = Path(path)
+    try:
+        if reader_for(path) is dicom.read_dicom:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with _pillow_pixel_limit(2**62), PILImage.open(path) as im:
+                width, height = im.size
+                return height, width
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read the image header ({type(exc).__name__}: {exc})") from None
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -23,10 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medsr import checkpoint, files, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
-from medsr.data import HRImages, as_rgb
+from medsr.data import HRImages, as_rgb, checked_files
 from medsr.degrade import PairPool, apply, sample
 from medsr.infer import pick_device
-from medsr.io import ImageError, image_files, read_image
+from medsr.io import ImageError, read_image
 from medsr.losses import PerceptualLoss, gan_loss
 from medsr.metrics import psnr, ssim
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
@@ -56,6 +56,7 @@ class Run:
     data: HRImages
     pool: PairPool
     generators: dict[str, torch.Generator]
+    val_files: list[Path] = field(default_factory=list)
     iteration: int = 0
     warmup_done: bool = False
     ddp: dict[str, torch.nn.Module] = field(default_factory=dict)  # DDP wrappers under torchrun
@@ -114,7 +115,10 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
         optim_g=optim_g, optim_d=optim_d, sched_g=sched_g, sched_d=sched_d,
         perceptual=perceptual,
         data=HRImages(config.data.train, gt_size=config.data.gt_size, use_hflip=config.data.use_hflip,
-                      rank=rank, world_size=world_size),
+                      rank=rank, world_size=world_size, skip_bad=config.data.skip_bad),
+        val_files=[] if not config.data.val else checked_files(
+            config.data.val, min_side=8 * config.degrade.scale, skip_bad=config.data.skip_bad, what="validation"
+        )[: config.data.val_images],
         pool=PairPool(size=config.data.pool_size, batch_size=config.data.batch_size, generator=generators["pool"]),
         generators=generators,
     )
@@ -279,10 +283,14 @@ def warm_up_discriminator(run: Run, log) -> None:
 
 def validate(run: Run) -> dict[str, float]:
     """PSNR/SSIM of the EMA generator on bicubic-downscaled validation images (8-bit range)."""
-    scale, limit = run.config.degrade.scale, run.config.data.val_images
+    scale = run.config.degrade.scale
     scores = {"psnr": [], "ssim": []}
-    for path in image_files(run.config.data.val)[:limit]:
-        gt = as_rgb(read_image(path))
+    for path in run.val_files:
+        try:
+            gt = as_rgb(read_image(path))
+        except ImageError as exc:  # changed since the start: measure the others, lose nothing
+            log.warning("validation: %s", exc)
+            continue
         side = min(gt.shape[1], gt.shape[2], 2 * run.config.data.gt_size) // (8 * scale) * 8 * scale
         if side == 0:  # smaller than one 8-pixel LQ block: nothing to measure
             continue
@@ -424,7 +432,7 @@ def _report(run: Run, log: Logger, logs: dict[str, float], first: int, start: fl
         log.line(f"iter {it}/{config.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
                  + f"  lr {run.sched_g.get_last_lr()[0]:.1e}  {rate:.3f} it/s  ETA {eta / 60:.0f} min")
         log.scalars(it, logs)
-    if run.config.data.val and it % config.val_every == 0 and run.rank == 0:
+    if run.val_files and it % config.val_every == 0 and run.rank == 0:
         scores = validate(run)
         log.line(f"iter {it} validation  " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         log.scalars(it, scores)
