@@ -149,8 +149,8 @@ def test_prepare_multiscale_and_crops(train_dir, tmp_path, capsys):
     assert PILImage.open(tmp_path / "ms" / "c16_x0.75.png").mode == "I;16"  # 16-bit kept
     assert main(["prepare", "crops", str(train_dir), "-o", str(tmp_path / "cr"), "--size", "32", "--step", "16"]) == 0
     crops = sorted((tmp_path / "cr").iterdir())
-    # a: 48x40 -> rows [0, 16], cols [0, 8]; b: 40x56 -> rows [0, 8], cols [0, 16, 24]; c: 36x30 -> [0, 4] x [0]
-    assert len(crops) == 4 + 6 + 2
+    # a: 48x40 -> rows [0, 16], cols [0, 8]; b: 40x56 -> rows [0, 8], cols [0, 16, 24]; c: 36x34 -> [0, 4] x [0, 2]
+    assert len(crops) == 4 + 6 + 4
     assert all(PILImage.open(p).size[0] <= 32 for p in crops)
     assert main(["prepare", "crops", str(train_dir), "-o", str(tmp_path / "cr")]) == 2
     assert "already exists" in capsys.readouterr().err
