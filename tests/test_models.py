@@ -29,8 +29,8 @@ def test_packaged_models_load_strictly_in_fp16(name):
 def test_auto_picks_the_model_by_image_kind():
     gray = medsr.Image.from_array(random_image(8, 8, 1).squeeze())
     colour = medsr.Image.from_array(random_image(8, 8, 3))
-    assert model_for(gray) == "cxr" and model_for(colour) == "retina"
-    assert model_for(gray, "realesrgan-x4plus") == "realesrgan-x4plus"
+    assert model_for(gray)[0] == "cxr" and model_for(colour)[0] == "retina"
+    assert model_for(gray, "realesrgan-x4plus") == ("realesrgan-x4plus", None)
 
 
 @pytest.mark.slow
@@ -41,3 +41,44 @@ def test_cli_says_which_model_it_used(tmp_path, capsys):
     assert "with cxr (1), retina (1)" in capsys.readouterr().out
     out = medsr.read_image(tmp_path / "out" / "gray.png")
     assert out.is_gray and out.size == (64, 64) and np.ptp(out.pixels) > 0
+
+
+@pytest.fixture
+def tiny_pair(tmp_path, monkeypatch):
+    """Tiny stand-ins for the retina GAN and fidelity models, packaged in a temporary folder."""
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import save_file
+
+    states = {}
+    for seed, name in ((0, "retina"), (1, "retina-fidelity")):
+        torch.manual_seed(seed)
+        states[name] = medsr.rrdbnet("tiny").state_dict()
+        save_file(states[name], tmp_path / f"{name}.safetensors")
+    known = {name: replace(weights.KNOWN_MODELS["retina"], name=name, preset="tiny", sha256=None,
+                           packaged=f"{name}.safetensors") for name in states}
+    monkeypatch.setattr(weights, "KNOWN_MODELS", {**weights.KNOWN_MODELS, **known})
+    monkeypatch.setattr(weights, "PACKAGED_DIR", tmp_path)
+    return states
+
+
+def test_fidelity_dial_blends_weights_and_reproduces_both_ends(tiny_pair):
+    import torch
+
+    sharp, faithful = tiny_pair["retina"], tiny_pair["retina-fidelity"]
+    for fidelity, expected in ((0, sharp), (1, faithful)):
+        state = weights.load_model("retina", fidelity=fidelity).state_dict()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)  # exactly, not a rounded blend
+    half = weights.load_model("retina", fidelity=0.5)
+    assert half.name == "retina (fidelity 0.5)"
+    for key in ("conv_first.weight", "conv_last.bias"):
+        torch.testing.assert_close(half.state_dict()[key], (sharp[key] + faithful[key]) / 2)
+    colour = random_image(8, 8, 3)
+    a = medsr.upscale(colour, model="auto", fidelity=0.5)
+    b = medsr.upscale(colour, model=half)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(weights.WeightsError, match="fidelity applies to the medical models"):
+        weights.load_model("realesrgan-x4plus", fidelity=0.5)
+    with pytest.raises(weights.WeightsError, match="must be within 0..1"):
+        weights.load_model("retina", fidelity=1.5)

@@ -123,12 +123,14 @@ def upscale_files(
     options: ReadOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[Path, int, int], None] | None = None,
+    fidelity: float | None = None,
 ) -> Iterator[FileResult]:
     """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
 
     A file that cannot be read, upscaled or written gives a result with its ``error``; the batch
     goes on. Stacks (multi-page TIFF, multi-frame DICOM) are upscaled frame by frame and written
     back as one stack. Named models load once. ``progress(source, done, total)`` follows the tiles.
+    ``fidelity`` blends the medical models (see ``medsr.load_model``).
 
     Raises:
         WeightsError: the model cannot be loaded (the whole batch would fail).
@@ -136,7 +138,7 @@ def upscale_files(
     options = options or ReadOptions()
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
-    nets: dict[str, torch.nn.Module] = {}
+    nets: dict[tuple[str, float | None], torch.nn.Module] = {}
     for source, target in plan.pairs:
         if target.exists() and not overwrite:
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
@@ -145,10 +147,10 @@ def upscale_files(
             frames = read_frames(source, options)
             net = model if isinstance(model, torch.nn.Module) else None
             if net is None:
-                name = str(model_for(frames[0], model))
-                if name not in nets:
-                    nets[name] = weights.load_model(name)
-                net = nets[name]
+                key = model_for(frames[0], model, fidelity)
+                if key not in nets:
+                    nets[key] = weights.load_model(key[0], fidelity=key[1])
+                net = nets[key]
             outputs = []
             for index, frame in enumerate(frames):
                 def tiles(done: int, total: int, index: int = index, source: Path = source,

@@ -57,7 +57,7 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
-                                  progress=progress)
+                                  progress=progress, fidelity=args.fidelity)
     used: Counter[str] = Counter()
     paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
     failed, start = 0, time.perf_counter()
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", default=DEFAULT_MODEL,
                     help="auto (default: cxr for gray images, retina for colour), a known name such as "
                          "realesrgan-x4plus, or a checkpoint path")
+    up.add_argument("--fidelity", type=float, default=None, metavar="F",
+                    help="medical models: 0 (sharp GAN model) .. 1 (faithful fidelity model), blending their "
+                         "weights (default for --model auto: see the README)")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

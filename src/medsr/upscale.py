@@ -21,12 +21,17 @@ from medsr.weights import load_model
 DEFAULT_MODEL = "auto"
 
 
-def model_for(image: Image, model: str | Path = DEFAULT_MODEL) -> str | Path:
-    """The model to use: ``model`` itself, or for "auto" the medical model for the image's kind:
-    ``cxr`` for gray images, ``retina`` for colour (fundus) images."""
+DEFAULT_FIDELITY: float | None = None  # what "auto" blends when no fidelity is given
+
+
+def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float | None = None
+              ) -> tuple[str | Path, float | None]:
+    """(model, fidelity) to load: ``model`` itself, or for "auto" the medical model for the image's
+    kind (``cxr`` for gray images, ``retina`` for colour fundus images) at ``fidelity``, by default
+    ``DEFAULT_FIDELITY``."""
     if str(model) != "auto":
-        return model
-    return "cxr" if image.is_gray else "retina"
+        return model, fidelity
+    return ("cxr" if image.is_gray else "retina"), DEFAULT_FIDELITY if fidelity is None else fidelity
 
 
 MAX_OUTSCALE = 16
@@ -78,6 +83,7 @@ def upscale(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     value_range: str | tuple[float, float] = "auto",
+    fidelity: float | None = None,
 ) -> Image | np.ndarray:
     """Super-resolve an image.
 
@@ -90,6 +96,8 @@ def upscale(
         outscale: final scale factor; the default is the model's own. Other factors run the model
             and then resize with Lanczos (x2 with the x4 model, as upstream does).
         tile: LR tile side; None picks one from a memory budget, 0 runs the whole image at once.
+        fidelity: for the medical models (and "auto"), 0..1 from the GAN model (sharp) to the
+            fidelity model (faithful), by blending their weights; see ``medsr.load_model``.
         value_range: which stored values map to black and white, for files and arrays (not DICOM):
             "auto" (what the file declares, else for 16-bit data the smallest of 8/10/12/14/16 bits
             that holds the maximum; floats: [0, 1]), "full" (the container's range) or (low, high).
@@ -109,7 +117,13 @@ def upscale(
         image = Image.from_array(image, value_range=value_range)
     elif not isinstance(image, Image):
         image = read_image(image, ReadOptions(value_range=value_range))
-    net = model if isinstance(model, torch.nn.Module) else load_model(model_for(image, model))
+    if isinstance(model, torch.nn.Module):
+        if fidelity is not None:
+            raise ValueError("fidelity blends named medical models; give model='retina' or 'cxr', not a network")
+        net = model
+    else:
+        name, fidelity = model_for(image, model, fidelity)
+        net = load_model(name, fidelity=fidelity)
     name = getattr(net, "name", type(net).__name__)
     outscale = check_outscale(net.scale if outscale is None else outscale)
     height, width = image.size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import tempfile
 import urllib.error
@@ -359,15 +360,40 @@ def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
     )
 
 
-def load_model(model: str | Path = "realesrgan-x4plus") -> RRDBNet:
+MODALITIES = ("retina", "cxr")  # each has a GAN model (its name) and a fidelity model (NAME-fidelity)
+
+
+def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | None = None) -> RRDBNet:
     """Load a generator by known name or checkpoint path (CPU, eval mode).
 
-    Example: ``net = medsr.load_model("realesrgan-x4plus")``.
+    ``fidelity`` in [0, 1] blends a modality's two models, weight by weight (network
+    interpolation, as in the ESRGAN paper; both are fine-tuned from the same generator, so their
+    weights align): 1 is the fidelity model (``retina-fidelity``), 0 the GAN model (``retina``).
+
+    Example: ``net = medsr.load_model("retina", fidelity=0.5)``.
     """
+    if fidelity is not None:
+        return _blend(str(model), fidelity)
     path, spec = resolve(model)
     net = load_generator(path, preset=spec.preset if spec else None)
     if spec:
         net.name = spec.name
+    return net
+
+
+def _blend(modality: str, fidelity: float) -> RRDBNet:
+    modality = modality.removesuffix("-fidelity")
+    if modality not in MODALITIES:
+        raise WeightsError(f"fidelity applies to the medical models ({', '.join(MODALITIES)}), not {modality!r}")
+    if not (math.isfinite(fidelity) and 0 <= fidelity <= 1):
+        raise WeightsError(f"fidelity {fidelity}: must be within 0..1")
+    if fidelity in (0, 1):  # exactly the one model, not a blend that rounds
+        return load_model(modality if fidelity == 0 else f"{modality}-fidelity")
+    net, sharp = load_model(f"{modality}-fidelity"), load_model(modality).state_dict()
+    with torch.no_grad():
+        for key, weight in net.state_dict().items():
+            weight.lerp_(sharp[key], 1 - fidelity)
+    net.name = f"{modality} (fidelity {fidelity:g})"
     return net
 
 
