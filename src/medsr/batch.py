@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medsr import weights
+from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
-from medsr.io import WRITERS, image_files, read_frames, write_frames
+from medsr.io import WRITERS, image_files, read_frames, write_frames, write_image
 from medsr.upscale import DEFAULT_MODEL, model_for, upscale
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class FileResult:
     model: str | None = None
     values: str | None = None  # how values and channels were taken (``describe_values``)
     frames: int = 0
+    detail: float | None = None  # with detail maps: RMS added detail, 8-bit levels (medsr.detail)
+    consistency: float | None = None  # with detail maps: RMS of downscaled output minus input
     error: str | None = None
 
     @property
@@ -124,13 +128,16 @@ def upscale_files(
     overwrite: bool = False,
     progress: Callable[[Path, int, int], None] | None = None,
     fidelity: float | None = None,
+    maps: bool = False,
 ) -> Iterator[FileResult]:
     """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
 
     A file that cannot be read, upscaled or written gives a result with its ``error``; the batch
     goes on. Stacks (multi-page TIFF, multi-frame DICOM) are upscaled frame by frame and written
     back as one stack. Named models load once. ``progress(source, done, total)`` follows the tiles.
-    ``fidelity`` blends the medical models (see ``medsr.load_model``).
+    ``fidelity`` blends the medical models (see ``medsr.load_model``). ``maps`` writes beside each
+    output its detail and consistency maps (``NAME.detail.png``, ``NAME.consistency.png``; see
+    ``medsr.detail``) and puts their scores in the result.
 
     Raises:
         WeightsError: the model cannot be loaded (the whole batch would fail).
@@ -160,6 +167,7 @@ def upscale_files(
                 outputs.append(upscale(frame, model=net, outscale=outscale, tile=tile, device=device,
                                        precision=precision, progress=tiles))
             write_frames(target, outputs, overwrite=overwrite)
+            scores = _write_maps(target, frames, outputs, overwrite) if maps else (None, None)
         except weights.WeightsError:
             raise
         except (ImageError, ValueError, RuntimeError) as exc:
@@ -170,4 +178,18 @@ def upscale_files(
         name = getattr(net, "name", type(net).__name__)
         log.info("%s -> %s (%s)", source, target, name)
         yield FileResult(source=source, target=target, model=name, values=describe_values(frames[0]),
-                         frames=len(frames))
+                         frames=len(frames), detail=scores[0], consistency=scores[1])
+
+
+def _write_maps(target: Path, inputs: list[Image], outputs: list[Image], overwrite: bool) -> tuple[float, float]:
+    """Write each frame's detail and consistency heat maps beside ``target``; mean scores."""
+    details, consistencies = [], []
+    for index, (lr, sr) in enumerate(zip(inputs, outputs, strict=True)):
+        found = detail_maps(sr.pixels, lr.pixels)
+        frame = f".frame{index + 1}" if len(inputs) > 1 else ""
+        for kind, values, under in (("detail", found.detail, sr.pixels), ("consistency", found.consistency, lr.pixels)):
+            path = target.with_name(f"{target.stem}{frame}.{kind}.png")
+            write_image(path, Image.from_array(heat_map(values, under)), overwrite=overwrite)
+        details.append(found.detail_score)
+        consistencies.append(found.consistency_score)
+    return float(np.mean(details)), float(np.mean(consistencies))

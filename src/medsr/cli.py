@@ -57,9 +57,10 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
-                                  progress=progress, fidelity=args.fidelity)
+                                  progress=progress, fidelity=args.fidelity, maps=args.detail_map)
     used: Counter[str] = Counter()
     paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
+    scores: list[str] = []
     failed, start = 0, time.perf_counter()
     try:
         for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2):
@@ -69,6 +70,9 @@ def run_upscale(args: argparse.Namespace) -> int:
                 used[result.model] += 1
                 stack = f", {result.frames} frames each" if result.frames > 1 else ""
                 paths[result.values + stack] += 1
+                if result.detail is not None:
+                    scores.append(f"  detail {result.detail:5.2f}  consistency {result.consistency:5.2f}  "
+                                  f"{result.target}")
             else:
                 _error(result.error)
                 failed += 1
@@ -83,6 +87,9 @@ def run_upscale(args: argparse.Namespace) -> int:
           f"in {seconds:.1f} s; {failed} failed")
     for path, count in sorted(paths.items()):
         print(f"  {count} file(s): {path}")
+    if scores:
+        print("added detail and consistency (RMS, 8-bit levels; maps beside each output, see the README):")
+        print("\n".join(scores))
     return 1 if failed else 0
 
 
@@ -283,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--fidelity", type=float, default=None, metavar="F",
                     help="medical models: 0 (sharp GAN model) .. 1 (faithful fidelity model), blending their "
                          "weights (default for --model auto: see the README)")
+    up.add_argument("--detail-map", action="store_true",
+                    help="also write NAME.detail.png (detail added beyond Lanczos) and NAME.consistency.png "
+                         "(output downscaled minus input) beside each output, and print their scores")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
