@@ -55,3 +55,24 @@ def random_image(height: int, width: int, channels: int, dtype: type = np.uint8,
     big = np.kron(base, np.ones((4, 4, 1)))[:height, :width]
     top = np.iinfo(dtype).max
     return np.rint(big * top).astype(dtype)
+
+
+@pytest.fixture
+def tiny_pair(tmp_path, monkeypatch):
+    """Tiny stand-ins for the retina GAN and fidelity models, packaged in a temporary folder."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from medsr import weights
+
+    states = {}
+    for seed, name in ((0, "retina"), (1, "retina-fidelity")):
+        torch.manual_seed(seed)
+        states[name] = rrdbnet("tiny").state_dict()
+        save_file(states[name], tmp_path / f"{name}.safetensors")
+    known = {name: replace(weights.KNOWN_MODELS["retina"], name=name, preset="tiny", sha256=None,
+                           packaged=f"{name}.safetensors") for name in states}
+    monkeypatch.setattr(weights, "KNOWN_MODELS", {**weights.KNOWN_MODELS, **known})
+    monkeypatch.setattr(weights, "PACKAGED_DIR", tmp_path)
+    return states

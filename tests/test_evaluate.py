@@ -82,3 +82,20 @@ def test_report_renders_in_headless_chromium(tmp_path):
     picture = np.asarray(PILImage.open(shot).convert("L"))
     assert picture.shape == (1600, 1200)
     assert (picture < 128).mean() > 0.01  # text, tables and the figure drew something dark
+
+
+def test_fidelity_entries_and_the_dial_figure(tmp_path, capsys, tiny_pair):
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(300, 260, 3)).save(data / "a.png")
+    args = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
+            "-o", str(tmp_path / "report")]
+    for fidelity in ("0", "0.5", "1"):
+        args += ["--model", f"retina@{fidelity}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| retina@0.5 | 1 |" in out and "| retina@1 | 1 |" in out
+    dial = PILImage.open(tmp_path / "report" / "figures" / "fidelity-dial.png")
+    assert dial.size == (840, 300) and len(np.unique(np.asarray(dial).reshape(-1, 3), axis=0)) > 3  # drawn, not blank
+    assert main([*args[:-2], "--model", "retina@x", "-o", str(tmp_path / "bad")]) == 2
+    assert "after @ give a fidelity" in capsys.readouterr().err

@@ -43,26 +43,6 @@ def test_cli_says_which_model_it_used(tmp_path, capsys):
     assert out.is_gray and out.size == (64, 64) and np.ptp(out.pixels) > 0
 
 
-@pytest.fixture
-def tiny_pair(tmp_path, monkeypatch):
-    """Tiny stand-ins for the retina GAN and fidelity models, packaged in a temporary folder."""
-    from dataclasses import replace
-
-    import torch
-    from safetensors.torch import save_file
-
-    states = {}
-    for seed, name in ((0, "retina"), (1, "retina-fidelity")):
-        torch.manual_seed(seed)
-        states[name] = medsr.rrdbnet("tiny").state_dict()
-        save_file(states[name], tmp_path / f"{name}.safetensors")
-    known = {name: replace(weights.KNOWN_MODELS["retina"], name=name, preset="tiny", sha256=None,
-                           packaged=f"{name}.safetensors") for name in states}
-    monkeypatch.setattr(weights, "KNOWN_MODELS", {**weights.KNOWN_MODELS, **known})
-    monkeypatch.setattr(weights, "PACKAGED_DIR", tmp_path)
-    return states
-
-
 def test_fidelity_dial_blends_weights_and_reproduces_both_ends(tiny_pair):
     import torch
 

@@ -127,6 +127,17 @@ class Model:
     run: Callable[[np.ndarray, int], np.ndarray]
 
 
+def parse_model_entry(entry: str) -> tuple[str, float | None]:
+    """``retina@0.5`` -> ("retina", 0.5): a medical model at a fidelity; anything else as it is."""
+    name, at, fidelity = entry.rpartition("@")
+    if not at:
+        return entry, None
+    try:
+        return name, float(fidelity)
+    except ValueError:
+        raise ValueError(f"model {entry!r}: after @ give a fidelity from 0 to 1, e.g. retina@0.5") from None
+
+
 def build_models(names: list[str], *, tile: int | None, device: str) -> list[Model]:
     models = []
     for name in names:
@@ -135,13 +146,16 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
         elif name == "lanczos":
             models.append(Model(name, lambda lr, size: resize_lanczos(lr, size, size)))
         else:
-            net = load_model(name)
+            model, fidelity = parse_model_entry(name)
+            net = load_model(model, fidelity=fidelity)
 
             def run(lr: np.ndarray, size: int, net: torch.nn.Module = net) -> np.ndarray:
                 sr = upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device)
                 return sr.pixels
 
-            models.append(Model(net.name, run))  # the known name, or the file name of a checkpoint
+            # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known
+            # name, or the file name of a checkpoint
+            models.append(Model(name if fidelity is not None else net.name, run))
     return models
 
 

@@ -83,6 +83,71 @@ def comparison_figure(result: Result, region: tuple[int, int, int, int] | None =
     return figure
 
 
+def dial_points(summary: dict[str, dict[str, float]], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """{"retina": [(fidelity, value), ...]} from the summary's ``NAME@F`` entries, sorted by F."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for label, row in summary.items():
+        name, at, fidelity = label.rpartition("@")
+        if at and math.isfinite(row.get(metric, math.nan)):
+            points.setdefault(name, []).append((float(fidelity), row[metric]))
+    return {name: sorted(values) for name, values in points.items() if len(values) > 1}
+
+
+DIAL_PANEL = (420, 300, 50)  # width, height, margin of one panel of the dial figure
+DIAL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def dial_figure(summary: dict[str, dict[str, float]], metrics: tuple[str, ...] = ("psnr", "hf_invented")
+                ) -> PILImage.Image | None:
+    """PSNR and invented energy against the fidelity dial, one panel per metric; None when the run
+    has no model at two or more fidelities. Bicubic and Lanczos are drawn as dashed levels."""
+    panels = [(metric, dial_points(summary, metric)) for metric in metrics]
+    if not any(points for _, points in panels):
+        return None
+    width, height, _ = DIAL_PANEL
+    figure = PILImage.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(figure)
+    for index, (metric, points) in enumerate(panels):
+        levels = {m: row[metric] for m, row in summary.items()
+                  if m in ("bicubic", "lanczos") and math.isfinite(row.get(metric, math.nan))}
+        _dial_panel(draw, index * width, metric, points, levels)
+    return figure
+
+
+def _dial_panel(draw: ImageDraw.ImageDraw, left: int, metric: str, points: dict[str, list[tuple[float, float]]],
+                levels: dict[str, float]) -> None:
+    width, height, pad = DIAL_PANEL
+    values = [v for series in points.values() for _, v in series] + list(levels.values())
+    if not values:
+        return
+    low, high = min(values), max(values)
+    margin = 0.05 * (high - low) or 1.0
+    low, high = low - margin, high + margin
+
+    def at(fidelity: float, value: float) -> tuple[float, float]:
+        return (left + pad + fidelity * (width - 2 * pad),
+                height - pad - (value - low) / (high - low) * (height - 2 * pad))
+
+    draw.rectangle([left + pad, pad, left + width - pad, height - pad], outline="#888")
+    draw.text((left + pad, 12), f"{metric} against fidelity (0: GAN model, 1: fidelity model)", fill="black")
+    for fidelity in (0, 1):
+        draw.text((at(fidelity, low)[0] - 3, height - pad + 6), str(fidelity), fill="black")
+    for value in (low, high):
+        draw.text((left + 4, at(0, value)[1] - 6), f"{value:.3g}", fill="black")
+    for name, level in levels.items():
+        (x0, y), (x1, _) = at(0, level), at(1, level)
+        for start in range(int(x0), int(x1), 12):
+            draw.line([start, y, start + 6, y], fill="#555")
+        draw.text((x1 - 60, y - 14), name, fill="#555")
+    for colour, (name, series) in zip(DIAL_COLOURS * 4, points.items(), strict=False):
+        draw.line([at(f, v) for f, v in series], fill=colour, width=2)
+        for f, v in series:
+            x, y = at(f, v)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        x, y = at(*series[0])
+        draw.text((x + 6, y + 4), name, fill=colour)
+
+
 def _png_data(picture: PILImage.Image) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
@@ -98,6 +163,11 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
                                                     default=_json_number))
     (folder / "figures").mkdir(exist_ok=True)
     sections = []
+    dial = dial_figure(summary)
+    if dial is not None:
+        dial.save(folder / "figures" / "fidelity-dial.png")
+        sections.append(f'<h3>The fidelity dial</h3><img alt="metrics against fidelity" '
+                        f'src="data:image/png;base64,{_png_data(dial)}">')
     for result in results[:figures]:
         figure = comparison_figure(result, region)
         figure.save(folder / "figures" / f"{result.sample.name}.png")
