@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of PyTorch (the registry's default build is CUDA, several GB). Override with
-# `make setup TORCH=torch` to take whatever build pip picks.
+# PyTorch, pinned. Where no NVIDIA driver is found, PyTorch's CPU wheel index is added, so pip takes
+# the CPU build (the package index's default build carries CUDA: several GB); with a driver, the
+# default build. Override either: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`,
+# `make setup TORCH_INDEX=` (the package index alone), `make setup TORCH=torch`.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -12,7 +15,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 

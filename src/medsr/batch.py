@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import weights
+from medsr import dicom, weights
 from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
-from medsr.io import WRITERS, image_files, read_frames, write_frames, write_image
+from medsr.io import WRITERS, image_files, read_frames, reader_for, write_frames, write_image
 from medsr.upscale import DEFAULT_MODEL, model_for, upscale
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ def upscale_files(
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
             continue
         try:
+            if options.window is not None and reader_for(source) is not dicom.read_dicom:
+                raise ImageError(f"{source}: a window applies to DICOM files only; use value_range for others")
             frames = read_frames(source, options)
             net = model if isinstance(model, torch.nn.Module) else None
             if net is None:

@@ -277,7 +277,10 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medsr import __version__
+
     parser = argparse.ArgumentParser(prog="medsr", description="Super-resolution for medical images.")
+    parser.add_argument("--version", action="version", version=f"medsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upscale", help="upscale image files or folders")
@@ -295,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(output downscaled minus input) beside each output, and print their scores")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="network precision (default: auto = fp32 on CPU, bf16 or fp16 on CUDA)")
     up.add_argument("--ext", default=None, help="output file type, e.g. png or tif (default: as input)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
@@ -306,19 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=run_upscale)
 
     info = sub.add_parser("info", help="show what medsr sees in image files (size, bits, DICOM details)")
-    info.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    info.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    info.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files")
+    info.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                      help=f"refuse larger images (default: {DEFAULT_MAX_PIXELS:,})")
     info.add_argument("--range", default="auto", help=RANGE_HELP)
     info.set_defaults(run=run_info)
 
     dp = sub.add_parser("degrade-preview", help="sheet of synthetic LR samples from the training degradation")
-    dp.add_argument("image", type=Path, metavar="IMAGE")
+    dp.add_argument("image", type=Path, metavar="IMAGE", help="a high-resolution image")
     dp.add_argument("-o", "--output", type=Path, required=True, help="sheet file (.png or .jpg)")
     dp.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
-    dp.add_argument("--seed", type=int, default=0)
-    dp.add_argument("--scale", type=int, default=4, choices=[1, 2, 4])
+    dp.add_argument("--seed", type=int, default=0, help="random seed of the samples (default 0)")
+    dp.add_argument("--scale", type=int, default=4, choices=[1, 2, 4], help="downscaling factor (default 4)")
     dp.add_argument("--crop", type=int, default=256, help="ground-truth crop side (default 256)")
-    dp.add_argument("--overwrite", action="store_true")
+    dp.add_argument("--overwrite", action="store_true", help="replace an existing sheet")
     dp.set_defaults(run=run_degrade_preview)
 
     ft = sub.add_parser("finetune", help="fine-tune generator and discriminator on your images")
@@ -332,15 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(run=run_finetune)
 
     ex = sub.add_parser("export", help="write a checkpoint's EMA generator as fp16 safetensors")
-    ex.add_argument("checkpoint", type=Path)
-    ex.add_argument("-o", "--output", type=Path, required=True)
-    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("checkpoint", type=Path, help="a training checkpoint (RUN/latest.pth)")
+    ex.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing file")
     ex.set_defaults(run=run_export)
 
     pr = sub.add_parser("prepare", help="prepare training data into a new folder")
-    pr.add_argument("kind", choices=["multiscale", "crops"])
-    pr.add_argument("source", type=Path)
-    pr.add_argument("-o", "--output", type=Path, required=True)
+    pr.add_argument("kind", choices=["multiscale", "crops"], help="downscaled copies, or sub-image crops")
+    pr.add_argument("source", type=Path, help="folder of high-resolution images")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="a new folder")
     pr.add_argument("--shortest-side", type=int, default=400, help="multiscale: extra copy with this shortest side")
     pr.add_argument("--size", type=int, default=400, help="crops: sub-image side")
     pr.add_argument("--step", type=int, default=200, help="crops: step between sub-images")
@@ -349,29 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="compare models on a protocol: metrics, figures, HTML report")
     ev.add_argument("data", nargs="+", type=Path, metavar="FOLDER",
                     help="image folders (plain, or DRIVE/STARE/CHASE_DB1 layouts with vessel annotations)")
-    ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4"])
+    ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4"],
+                    help="retina-x2: GT 512, x2; cxr-x4: GT 1024, x4 (docs/METRICS.md)")
     ev.add_argument("--baselines", default="bicubic,lanczos,realesrgan-x4plus",
                     help="comma-separated reference methods (default: bicubic,lanczos,realesrgan-x4plus)")
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
                     help="a model to compare (exported safetensors or training checkpoint); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
-    ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"])
+    ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"],
+                    help="SSIM convention (default: realesrgan)")
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
     ev.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
-    ev.add_argument("--tile", type=int, default=None)
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--tile", type=int, default=None, help="LR tile side (default: auto)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("-o", "--output", type=Path, required=True, help="report folder")
-    ev.add_argument("--overwrite", action="store_true")
+    ev.add_argument("--overwrite", action="store_true", help="write into an existing report folder")
     ev.set_defaults(run=run_evaluate)
 
     wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
-    wsub = wt.add_subparsers(dest="action", required=True)
+    wsub = wt.add_subparsers(dest="action", required=True, help="list, fetch or info")
     wsub.add_parser("list", help="known models and where they are")
     fetch = wsub.add_parser("fetch", help="download or convert a known model into the cache")
-    fetch.add_argument("model")
+    fetch.add_argument("model", help="a known model name")
     winfo = wsub.add_parser("info", help="describe a known model or checkpoint file")
-    winfo.add_argument("model")
+    winfo.add_argument("model", help="a known model name or a checkpoint path")
     wt.set_defaults(run=run_weights)
     return parser
 

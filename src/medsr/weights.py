@@ -112,7 +112,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             raw = _torch_load(path)
     except Exception as exc:  # the libraries raise many types for a bad file
-        raise WeightsError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(f"{path}: cannot read checkpoint: not a PyTorch or safetensors file of tensors, or "
+                           f"damaged ({type(exc).__name__}: {exc})") from None
     return unwrap_state_dict(raw, source=path)
 
 
@@ -347,8 +348,12 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     )
 
 
+ALIASES = {"realesrgan_x4plus": "realesrgan-x4plus"}  # upstream's file stem, as users type it (any case)
+
+
 def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
     """Turn a model argument (path or known name) into a checkpoint file."""
+    model = ALIASES.get(str(model).lower(), model)
     if str(model) in KNOWN_MODELS:
         spec = KNOWN_MODELS[str(model)]
         return fetch(spec), spec

