@@ -99,3 +99,27 @@ def test_tiled_matches_whole_image_on_the_published_model(x4plus):
     tiled = upscale_tensor(x4plus, lq, tile=96)
     diff = (torch.round(tiled * 255) - torch.round(whole * 255)).abs()
     assert diff.max() <= 1
+
+
+def test_inference_leaves_the_callers_module_as_it_was(tiny_net):
+    import medsr
+
+    tiny_net.train()
+    before = {k: (v.clone(), v.stride()) for k, v in tiny_net.state_dict().items()}
+    medsr.upscale(np.zeros((8, 8, 3), np.uint8) + 100, model=tiny_net)
+    assert tiny_net.training
+    for key, (value, stride) in before.items():
+        assert torch.equal(tiny_net.state_dict()[key], value) and tiny_net.state_dict()[key].stride() == stride
+
+
+def test_named_models_are_read_once_and_built_apart(tiny_pair, monkeypatch):
+    from medsr import weights
+
+    reads = []
+    real = weights.load_generator
+    monkeypatch.setattr(weights, "load_generator", lambda *a, **k: reads.append(a) or real(*a, **k))
+    first, second = weights.load_model("retina"), weights.load_model("retina")
+    assert len(reads) <= 1 and first is not second
+    with torch.no_grad():
+        first.conv_last.bias.add_(1)
+    assert not torch.equal(first.conv_last.bias, second.conv_last.bias)

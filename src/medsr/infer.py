@@ -15,6 +15,7 @@ The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), beca
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable
@@ -128,6 +129,16 @@ def _head_in_strips(net: RRDBNet, feat: torch.Tensor, rows: tuple[int, int], str
     return torch.cat(outputs, 2)
 
 
+def _prepared(net: RRDBNet, device: torch.device) -> RRDBNet:
+    """``net`` on ``device``, channels-last and in eval mode, as it is if it already is; otherwise a
+    prepared copy, so that the caller's module (a network in training, say) is never changed."""
+    ready = not net.training and all(
+        p.device == device and (p.dim() != 4 or p.is_contiguous(memory_format=torch.channels_last))
+        for p in net.parameters()
+    )
+    return net if ready else copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval()
+
+
 def upscale_tensor(
     net: RRDBNet,
     lq: torch.Tensor,
@@ -159,7 +170,7 @@ def upscale_tensor(
     budget = budget_bytes or memory_budget(device)
     if tile is None:
         tile = auto_tile(budget, dtype, context=context)
-    net = net.to(device, memory_format=torch.channels_last).eval()
+    net = _prepared(net, device)
     unshuffle = net.unshuffle  # LR pixels per feature pixel, per side
     channels, height, width = lq.shape
     # Pixel-unshuffle needs sizes divisible by ``unshuffle``: pad by replication, crop afterwards.

@@ -8,6 +8,7 @@ official release file; and, offline, a conversion of the ncnn copy that the PyPI
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -380,10 +381,19 @@ def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | Non
     if fidelity is not None:
         return _blend(str(model), fidelity)
     path, spec = resolve(model)
-    net = load_generator(path, preset=spec.preset if spec else None)
-    if spec:
-        net.name = spec.name
-    return net
+    if spec is None:
+        return load_generator(path)
+    net = rrdbnet(spec.preset)
+    net.load_state_dict(_known_state(spec.name, path), strict=True)
+    net.name = spec.name
+    return net.eval()
+
+
+@functools.lru_cache(maxsize=8)
+def _known_state(name: str, path: Path) -> dict[str, torch.Tensor]:
+    """A known model's verified weights, read once per process; each load_model call builds its
+    own module from them (a caller may change its network without changing anyone else's)."""
+    return load_generator(path, preset=KNOWN_MODELS[name].preset).state_dict()
 
 
 def _blend(modality: str, fidelity: float) -> RRDBNet:
