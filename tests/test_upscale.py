@@ -165,3 +165,46 @@ def test_demo_figure_script(tmp_path, tiny_net):
                     "-o", str(tmp_path / "figure.png")], check=True, capture_output=True)
     with PILImage.open(tmp_path / "figure.png") as figure:
         assert figure.width == 3 * 64  # LR, bicubic, one SR
+
+
+def _shard_folder(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        PILImage.fromarray(random_image(8, 8, 3, seed=i)).save(src / f"{i}.png")
+    return src
+
+
+def test_shards_split_a_folder_and_together_cover_it(tmp_path, tiny_model, capsys, monkeypatch):
+    src = _shard_folder(tmp_path)
+    for k in range(2):
+        assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model,
+                     "--shard", f"{k}/2"]) == 0
+    out = capsys.readouterr().out
+    assert "upscaled 3 file(s) (share 0 of 2)" in out and "upscaled 2 file(s) (share 1 of 2)" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")  # tasks 1..3: this is the third share
+    assert main(["upscale", str(src), "-o", str(tmp_path / "slurm"), "--model", tiny_model]) == 0
+    assert sorted(p.name for p in (tmp_path / "slurm").iterdir()) == ["2.png"]
+    assert main(["upscale", str(src), "-o", str(tmp_path / "x"), "--shard", "2/2"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_equals_one(tmp_path, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    src = _shard_folder(tmp_path)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "one"), "--model", tiny_model]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+            "-m", "medsr.cli", "upscale", str(src), "-o", str(tmp_path / "two"), "--model", tiny_model]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("upscaled 5 file(s)") == 1  # rank 0 reports for both
+    for i in range(5):
+        one, two = (tmp_path / "one" / f"{i}.png").read_bytes(), (tmp_path / "two" / f"{i}.png").read_bytes()
+        assert one == two

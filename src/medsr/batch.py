@@ -99,6 +99,25 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     return Plan(pairs, problems)
 
 
+def shard(plan: Plan, index: int, count: int) -> Plan:
+    """Share ``index`` of ``count`` (0-based): every count-th file from the index-th, so that shares
+    of a sorted folder get similar mixes of sizes. The plan's problems go to share 0 alone."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    return Plan(plan.pairs[index::count], plan.problems if index == 0 else [])
+
+
+def shard_from_environment() -> tuple[int, int]:
+    """(index, count) of this process: a torchrun rank, a Slurm array task, or (0, 1)."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why files cannot be created in ``folder`` (or in the folders that would be made for it)."""
     existing = folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from medsr import batch, dicom, weights
@@ -44,8 +46,12 @@ def run_upscale(args: argparse.Namespace) -> int:
         check_outscale(args.outscale)
     options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
                           value_range=parse_range(args.range))
-    plan = batch.plan_outputs(args.inputs, args.output, ext=ext)
+    index, count = parse_shard(args.shard) if args.shard else batch.shard_from_environment()
+    plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
+    ranks = _process_group()
     device = pick_device(args.device)
+    if ranks and device.type == "cuda":  # one GPU per rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dtype = pick_precision(args.precision, device)
     bars: dict[Path, tqdm] = {}
 
@@ -80,10 +86,15 @@ def run_upscale(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     seconds = time.perf_counter() - start
+    if ranks:  # rank 0 reports for all
+        used, paths, failed, scores = _merged(ranks, used, paths, failed, scores)
+        if ranks.get_rank() != 0:
+            return 1 if failed else 0
+    share = f" (share {index} of {count})" if count > 1 and not ranks else ""
     scale = args.outscale or 4
     precision = str(dtype).removeprefix("torch.")
     models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "none"
-    print(f"upscaled {sum(used.values())} file(s) x{scale:g} with {models} on {device.type} ({precision}) "
+    print(f"upscaled {sum(used.values())} file(s){share} x{scale:g} with {models} on {device.type} ({precision}) "
           f"in {seconds:.1f} s; {failed} failed")
     for path, count in sorted(paths.items()):
         print(f"  {count} file(s): {path}")
@@ -91,6 +102,41 @@ def run_upscale(args: argparse.Namespace) -> int:
         print("added detail and consistency (RMS, 8-bit levels; maps beside each output, see the README):")
         print("\n".join(scores))
     return 1 if failed else 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N): this job's share of the files, K from 0 to N - 1."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: give K/N, e.g. 0/4 for the first of four shares") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: K must be within 0..N-1")
+    return index, count
+
+
+def _process_group():
+    """torch.distributed when started by torchrun with several processes (gloo: it only gathers
+    results; each rank works alone), else None."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist
+
+
+def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str]):
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (used, paths, failed, scores))
+    used, paths, failed, scores = Counter(), Counter(), 0, []
+    for part_used, part_paths, part_failed, part_scores in gathered:
+        used.update(part_used)
+        paths.update(part_paths)
+        failed += part_failed
+        scores += part_scores
+    return used, paths, failed, scores
 
 
 def parse_range(text: str) -> str | tuple[float, float]:
@@ -296,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detail-map", action="store_true",
                     help="also write NAME.detail.png (detail added beyond Lanczos) and NAME.consistency.png "
                          "(output downscaled minus input) beside each output, and print their scores")
+    up.add_argument("--shard", default=None, metavar="K/N",
+                    help="upscale only share K (0-based) of N of the files, e.g. one Slurm array task "
+                         "(default: from torchrun or SLURM_ARRAY_TASK_ID/COUNT, else all)")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
