@@ -14,7 +14,7 @@ from .conftest import random_image, shared_image
 
 @pytest.mark.parametrize("name, lr, gt", [("retina-x2", 256, 512), ("cxr-x4", 256, 1024)])
 def test_protocol_sizes(name, lr, gt):
-    image = Image(pixels=np.random.default_rng(0).random((3, 300, 200)).astype(np.float32))
+    image = Image(pixels=np.random.default_rng(0).random((3, 1100, 1030)).astype(np.float32))
     low, high = make_pair(image, PROTOCOLS[name])
     assert low.shape == (3, lr, lr) and high.shape == (3, gt, gt)
     assert 0 <= low.min() and low.max() <= 1
@@ -38,8 +38,8 @@ def test_layouts_with_annotations(tmp_path):
 def test_evaluate_end_to_end(tmp_path, tiny_net, capsys):
     data = tmp_path / "data"
     data.mkdir()
-    PILImage.fromarray(random_image(300, 260, 3)).save(data / "a.png")
-    PILImage.fromarray(random_image(120, 200, 1, np.uint16).squeeze()).save(data / "b16.png")  # mixed sizes
+    PILImage.fromarray(random_image(600, 520, 3)).save(data / "a.png")
+    PILImage.fromarray(random_image(520, 560, 1, np.uint16).squeeze()).save(data / "b16.png")  # mixed sizes
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     save_file(tiny_net.state_dict(), tmp_path / "tiny.safetensors")
     args = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
@@ -87,7 +87,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_fidelity_entries_and_the_dial_figure(tmp_path, capsys, tiny_pair):
     data = tmp_path / "data"
     data.mkdir()
-    PILImage.fromarray(random_image(300, 260, 3)).save(data / "a.png")
+    PILImage.fromarray(random_image(520, 520, 3)).save(data / "a.png")
     args = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
             "-o", str(tmp_path / "report")]
     for fidelity in ("0", "0.5", "1"):
@@ -99,3 +99,43 @@ def test_fidelity_entries_and_the_dial_figure(tmp_path, capsys, tiny_pair):
     assert dial.size == (840, 300) and len(np.unique(np.asarray(dial).reshape(-1, 3), axis=0)) > 3  # drawn, not blank
     assert main([*args[:-2], "--model", "retina@x", "-o", str(tmp_path / "bad")]) == 2
     assert "after @ give a fidelity" in capsys.readouterr().err
+
+
+def test_only_valid_inputs_are_scored(tmp_path, tiny_net, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(600, 520, 3)).save(data / "ok.png")
+    PILImage.fromarray(random_image(200, 200, 3)).save(data / "small.png")  # below retina-x2's 512
+    PILImage.fromarray(np.full((600, 600, 3), 90, np.uint8)).save(data / "flat.png")
+    PILImage.fromarray(random_image(1, 1, 3)).save(data / "dot.png")
+    args = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
+            "-o", str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "small.png: 200x200 is smaller than the protocol's 512x512 ground truth; skipped" in err
+    assert "dot.png: 1x1 is smaller" in err and "flat.png: a constant image; skipped" in err
+    text = (tmp_path / "r" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))  # strict JSON
+    assert summary["summary"]["bicubic"]["images"] == 1 and summary["summary"]["bicubic"]["lpips"] is None
+    assert "resized to the square" in summary["settings"]["fit"]
+    image = Image(pixels=np.random.default_rng(0).random((3, 600, 520)).astype(np.float32))
+    resized, cropped = make_pair(image, PROTOCOLS["retina-x2"])[1], make_pair(image, PROTOCOLS["retina-x2"], "crop")[1]
+    assert resized.shape == cropped.shape == (3, 512, 512) and not np.allclose(resized, cropped)
+
+
+def test_model_labels_are_unique(tmp_path, tiny_net, capsys):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        save_file(tiny_net.state_dict(), tmp_path / run / "latest.safetensors")
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(520, 520, 3)).save(data / "x.png")
+    a, b = str(tmp_path / "a" / "latest.safetensors"), str(tmp_path / "b" / "latest.safetensors")
+    base = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0"]
+    assert main([*base, "--model", a, "--model", b, "-o", str(tmp_path / "r1")]) == 0
+    summary = json.loads((tmp_path / "r1" / "summary.json").read_text())["summary"]
+    assert a in summary and b in summary  # the paths, as the file names collide
+    assert main([*base, "--model", f"first={a}", "--model", f"second={b}", "-o", str(tmp_path / "r2")]) == 0
+    assert {"first", "second"} <= set(json.loads((tmp_path / "r2" / "summary.json").read_text())["summary"])
+    assert main([*base, "--model", f"same={a}", "--model", f"same={b}", "-o", str(tmp_path / "r3")]) == 2
+    assert "appear twice" in capsys.readouterr().err

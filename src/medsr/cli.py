@@ -264,7 +264,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
     models = ev.build_models([*baselines, *args.model], tile=args.tile, device=args.device)
     lpips, lpips_status = ev.lpips_metric()
-    options = ev.Options(protocol=protocol, ssim_convention=args.ssim, lpips=lpips)
+    options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips)
     failed = []
 
     def report_error(message: str) -> None:
@@ -280,7 +280,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "skipped": len(failed), "ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
         "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
               f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
-        "PSNR/SSIM": f"on the source's integer range (8-bit: 255, 16-bit: 65535); SSIM convention {args.ssim}",
+        "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
+                "crop": "non-square images cropped to their centre square, then resized"}[args.fit],
+        "PSNR/SSIM": f"on the source's value range (8-bit: 255; 12-bit data: 4095; ...); SSIM convention {args.ssim}",
         "LPIPS": lpips_status,
         "models": ", ".join(m.name for m in models),
     }
@@ -410,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
                     help="a model to compare (exported safetensors or training checkpoint); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
+    ev.add_argument("--fit", default="resize", choices=["resize", "crop"],
+                    help="how non-square images become the protocol's square: resize (the paper) or centre "
+                         "crop (default: resize)")
     ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"],
                     help="SSIM convention (default: realesrgan)")
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")

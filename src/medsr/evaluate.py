@@ -109,9 +109,31 @@ def resize_bicubic(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.stack(channels), 0, 1)
 
 
-def make_pair(image: Image, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """(lr, gt) float32 (C, h, w) and (C, H, W) arrays in [0, 1]."""
-    gt = resize_lanczos(image.pixels, protocol.gt_size, protocol.gt_size)
+FITS = ("resize", "crop")
+
+
+def make_pair(image: Image, protocol: Protocol, fit: str = "resize") -> tuple[np.ndarray, np.ndarray]:
+    """(lr, gt) float32 (C, h, w) and (C, H, W) arrays in [0, 1].
+
+    The ground truth is never upsampled: an image smaller than the protocol's size is refused, as
+    is a constant one. ``fit`` brings other shapes to the square: "resize" (the paper, for DRIVE)
+    or "crop" (the centre square, then resize).
+    """
+    height, width = image.size
+    source = image.meta.get("source", "image")
+    if min(height, width) < protocol.gt_size:
+        raise ImageError(f"{source}: {width}x{height} is smaller than the protocol's {protocol.gt_size}x"
+                         f"{protocol.gt_size} ground truth; skipped (upsampling it would make a meaningless score)")
+    if np.ptp(image.pixels) == 0:
+        raise ImageError(f"{source}: a constant image; skipped (PSNR would be infinite)")
+    pixels = image.pixels
+    if fit == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        pixels = pixels[:, top : top + side, left : left + side]
+    elif fit != "resize":
+        raise ValueError(f"fit {fit!r}: choose {' or '.join(FITS)}")
+    gt = resize_lanczos(pixels, protocol.gt_size, protocol.gt_size)
     side = protocol.gt_size // protocol.scale
     lr = resize_bicubic(gt, side, side)
     if protocol.blur_sigma > 0:
@@ -139,24 +161,39 @@ def parse_model_entry(entry: str) -> tuple[str, float | None]:
 
 
 def build_models(names: list[str], *, tile: int | None, device: str) -> list[Model]:
+    """Baselines and models by entry: a name, ``NAME@F`` (a fidelity), a path, or ``LABEL=ENTRY``.
+    Labels are unique: two checkpoints of one file name are told apart by their paths."""
+    labelled = [entry.split("=", 1) if "=" in entry else [None, entry] for entry in names]
+    stems = [Path(entry).name for _, entry in labelled]
     models = []
-    for name in names:
-        if name == "bicubic":
-            models.append(Model(name, lambda lr, size: resize_bicubic(lr, size, size)))
-        elif name == "lanczos":
-            models.append(Model(name, lambda lr, size: resize_lanczos(lr, size, size)))
-        else:
-            model, fidelity = parse_model_entry(name)
-            net = load_model(model, fidelity=fidelity)
-
-            def run(lr: np.ndarray, size: int, net: torch.nn.Module = net) -> np.ndarray:
-                sr = upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device)
-                return sr.pixels
-
-            # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known
-            # name, or the file name of a checkpoint
-            models.append(Model(name if fidelity is not None else net.name, run))
+    for (label, name), stem in zip(labelled, stems, strict=True):
+        model = _build_model(name, tile=tile, device=device)
+        if label:
+            model.name = label
+        elif stems.count(stem) > 1 and Path(name).is_file():
+            model.name = name  # the path: file names collide
+        models.append(model)
+    taken = [m.name for m in models]
+    duplicates = sorted({n for n in taken if taken.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"models {', '.join(duplicates)} appear twice; label them as LABEL=MODEL")
     return models
+
+
+def _build_model(name: str, *, tile: int | None, device: str) -> Model:
+    if name == "bicubic":
+        return Model(name, lambda lr, size: resize_bicubic(lr, size, size))
+    if name == "lanczos":
+        return Model(name, lambda lr, size: resize_lanczos(lr, size, size))
+    model, fidelity = parse_model_entry(name)
+    net = load_model(model, fidelity=fidelity)
+
+    def run(lr: np.ndarray, size: int) -> np.ndarray:
+        return upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device).pixels
+
+    # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
+    # or the file name of a checkpoint
+    return Model(name if fidelity is not None else net.name, run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +203,7 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
 @dataclass
 class Options:
     protocol: Protocol
+    fit: str = "resize"
     ssim_convention: str = "realesrgan"
     lpips: Callable[[np.ndarray, np.ndarray], float] | None = None  # when LPIPS weights are present
 
@@ -206,7 +244,7 @@ class Result:
 
 def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Result:
     image = read_any(sample.image)
-    lr, gt = make_pair(image, options.protocol)
+    lr, gt = make_pair(image, options.protocol, options.fit)
     gt_vessels = fov = annotation = None
     if options.protocol.vessels and gt.shape[0] == 3:
         gt_vessels, fov = metrics.vesselness(_gray(gt, True)), metrics.field_of_view(gt)

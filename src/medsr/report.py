@@ -159,8 +159,8 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
     """per_image.csv, summary.json, figures/*.png and report.html (self-contained) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "per_image.csv", results)
-    (folder / "summary.json").write_text(json.dumps({"settings": settings, "summary": summary}, indent=2,
-                                                    default=_json_number))
+    document = strict_json({"settings": settings, "summary": summary})
+    (folder / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
     (folder / "figures").mkdir(exist_ok=True)
     sections = []
     dial = dial_figure(summary)
@@ -190,8 +190,16 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
     return folder / "report.html"
 
 
-def _json_number(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+def strict_json(value):
+    """NaN and infinities (a metric that does not apply, LPIPS without weights) become null, which
+    strict JSON readers accept; the settings say why a column is empty."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _html_table(header: list[str], rows: list[list]) -> str:
