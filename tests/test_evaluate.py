@@ -48,7 +48,12 @@ def test_evaluate_end_to_end(tmp_path, tiny_net, capsys):
     captured = capsys.readouterr()
     assert "broken.png: not a PNG file" in captured.err
     assert "| bicubic | 2 |" in captured.out and "| tiny.safetensors | 2 |" in captured.out
+    assert "paired against bicubic" in captured.out  # realesrgan-x4plus, the default reference, is absent
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    paired = summary["statistics"]["tiny.safetensors"]["psnr"]["vs_reference"]
+    assert paired["n"] == 2 and len(paired["ci95"]) == 2
+    assert summary["settings"]["command"] == "medsr " + " ".join(args)
+    assert "SHA-256" in summary["settings"]["models"]
     assert summary["settings"]["skipped"] == 1 and summary["settings"]["LPIPS"].startswith("unavailable")
     assert summary["summary"]["lanczos"]["psnr"] > 10
     rows = (tmp_path / "report" / "per_image.csv").read_text().splitlines()

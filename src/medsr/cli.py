@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -250,8 +252,9 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from medsr import __version__, stats
     from medsr import evaluate as ev
-    from medsr.report import markdown_table, write_report
+    from medsr.report import markdown_table, paired_table, write_report
 
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
@@ -274,6 +277,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = list(tqdm(ev.evaluate(samples, models, options, on_error=report_error), total=len(samples),
                         desc="images", unit="img"))
     summary = ev.summarise(results)
+    names = [m.name for m in models]
+    reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
+    statistics = stats.statistics(ev.per_image(results), reference)
     region = tuple(int(v) for v in args.region.split(",")) if args.region else None
     settings = {
         "protocol": protocol.name, "data": ", ".join(map(str, args.data)), "images": len(results),
@@ -284,10 +290,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "crop": "non-square images cropped to their centre square, then resized"}[args.fit],
         "PSNR/SSIM": f"on the source's value range (8-bit: 255; 12-bit data: 4095; ...); SSIM convention {args.ssim}",
         "LPIPS": lpips_status,
-        "models": ", ".join(m.name for m in models),
+        "models": "; ".join(f"{m.name}: {m.source}" for m in models),
+        "reference": reference,
+        "medsr": __version__,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": args.command_line,
     }
-    path = write_report(args.output, results, summary, settings, figures=args.figures, region=region)
+    path = write_report(args.output, results, summary, settings, figures=args.figures, region=region,
+                        statistics=statistics)
     print(markdown_table(summary))
+    print(f"\npaired against {reference}: mean difference [bootstrap 95% interval], images where better")
+    print(paired_table(statistics))
     print(f"report: {path} ({len(results)} images, {len(failed)} skipped)")
     return 1 if failed else 0
 
@@ -412,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
                     help="a model to compare (exported safetensors or training checkpoint); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
+    ev.add_argument("--reference", default="realesrgan-x4plus",
+                    help="the model the others are compared with, image by image (default: realesrgan-x4plus "
+                         "when evaluated, else bicubic)")
     ev.add_argument("--fit", default="resize", choices=["resize", "crop"],
                     help="how non-square images become the protocol's square: resize (the paper) or centre "
                          "crop (default: resize)")
@@ -456,6 +472,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 all done, 1 some inputs failed, 2 a usage or set-up error, 130 interrupted."""
     args = build_parser().parse_args(argv)
+    args.command_line = "medsr " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     _show_library_logs()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -18,11 +18,12 @@ import torch
 from PIL import Image as PILImage
 
 from medsr import metrics
+from medsr.files import sha256
 from medsr.image import Image, ImageError, quantize
 from medsr.io import read_image, reader_for
 from medsr.kernels import gaussian_blur
 from medsr.upscale import resize_lanczos, upscale
-from medsr.weights import load_model
+from medsr.weights import load_model, resolve
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +148,7 @@ class Model:
 
     name: str
     run: Callable[[np.ndarray, int], np.ndarray]
+    source: str = "interpolation"  # the weights' file(s) and SHA-256, for the report's provenance
 
 
 def parse_model_entry(entry: str) -> tuple[str, float | None]:
@@ -191,9 +193,13 @@ def _build_model(name: str, *, tile: int | None, device: str) -> Model:
     def run(lr: np.ndarray, size: int) -> np.ndarray:
         return upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device).pixels
 
+    base = model.removesuffix("-fidelity")
+    parts = {None: [model], 0: [base], 1: [f"{base}-fidelity"]}.get(fidelity, [base, f"{base}-fidelity"])
+    files = [resolve(part)[0] for part in parts]
+    source = "; ".join(f"{path} (SHA-256 {sha256(path)})" for path in files)
     # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
     # or the file name of a checkpoint
-    return Model(name if fidelity is not None else net.name, run)
+    return Model(name if fidelity is not None else net.name, run, source=source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +274,16 @@ def evaluate(samples: list[Sample], models: list[Model], options: Options,
             yield evaluate_sample(sample, models, options)
         except ImageError as exc:
             on_error(str(exc))
+
+
+def per_image(results: list[Result]) -> dict[str, dict[str, list[float]]]:
+    """``{model: {metric: [value per image]}}``, NaN where an image has no value, in image order."""
+    models = {m: set() for r in results for m in r.rows}
+    for result in results:
+        for model, row in result.rows.items():
+            models[model] |= set(row)
+    return {model: {metric: [r.rows.get(model, {}).get(metric, math.nan) for r in results] for metric in metrics}
+            for model, metrics in models.items()}
 
 
 def summarise(results: list[Result]) -> dict[str, dict[str, float]]:

@@ -32,6 +32,29 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+PAIRED_COLUMNS = ("psnr", "ssim", "vessel_auc", "hf_invented", "mf_invented")
+
+
+def paired_table(statistics: dict) -> str:
+    """Markdown: per model, for the main metrics, the paired difference to the reference with its
+    interval and wins (e.g. ``+0.52 [+0.31, +0.70] 13/14``)."""
+    rows = [(m, cols) for m, cols in statistics.items() if any("vs_reference" in c for c in cols.values())]
+    columns = [c for c in PAIRED_COLUMNS if any(c in cols for _, cols in rows)]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for model, cols in rows:
+        lines.append(f"| {model} | " + " | ".join(_paired_cell(cols.get(c, {}).get("vs_reference")) for c in columns)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _paired_cell(entry: dict | None) -> str:
+    if not entry or not entry["n"] or not math.isfinite(entry["difference"]):
+        return "-"
+    low, high = entry["ci95"]
+    interval = f" [{low:+.4g}, {high:+.4g}]" if math.isfinite(low) else ""
+    return f"{entry['difference']:+.4g}{interval} {entry['wins']}/{entry['n']}"
+
+
 def _fmt(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.4f}"
 
@@ -155,11 +178,11 @@ def _png_data(picture: PILImage.Image) -> str:
 
 
 def write_report(folder: Path, results: list[Result], summary: dict, settings: dict, *, figures: int = 4,
-                 region: tuple[int, int, int, int] | None = None) -> Path:
+                 region: tuple[int, int, int, int] | None = None, statistics: dict | None = None) -> Path:
     """per_image.csv, summary.json, figures/*.png and report.html (self-contained) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "per_image.csv", results)
-    document = strict_json({"settings": settings, "summary": summary})
+    document = strict_json({"settings": settings, "summary": summary, "statistics": statistics or {}})
     (folder / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
     (folder / "figures").mkdir(exist_ok=True)
     sections = []
@@ -185,9 +208,33 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
                            [[r.sample.name, m] + [row.get(c, math.nan) for c in COLUMNS]
                             for r in results for m, row in r.rows.items()]),
         figures="\n".join(sections),
+        paired=_markdown_to_html(paired_table(statistics or {})),
+        reference=html.escape(str(settings.get("reference", ""))),
+        legend=_html_table(["metric", "what it measures", "better", "unit"], [list(row) for row in LEGEND]),
     )
     (folder / "report.html").write_text(page)
     return folder / "report.html"
+
+
+LEGEND = (
+    ("psnr", "peak signal-to-noise ratio against the ground truth, on the source's value range", "higher", "dB"),
+    ("ssim", "structural similarity (11x11 Gaussian window unless --ssim skimage)", "higher", "0..1"),
+    ("vessel_agreement", "correlation of Frangi vesselness maps, SR vs ground truth, in the field of view",
+     "higher", "-1..1"),
+    ("vessel_auc", "how well SR vesselness separates the manual vessel annotation (ground truth's own AUC "
+     "is its ceiling)", "higher", "0..1"),
+    ("hf_kept / mf_kept", "share of the ground truth's high / middle band detail that SR reproduces", "higher",
+     "ratio"),
+    ("hf_invented / mf_invented", "band energy in SR that the ground truth lacks, relative to its own energy",
+     "lower", "ratio"),
+    ("lpips", "learned perceptual distance (AlexNet), when its weights are present", "lower", "0..1"),
+)
+
+
+def _markdown_to_html(table: str) -> str:
+    header, _, *rows = table.splitlines()
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    return _html_table(cells(header), [cells(row) for row in rows])
 
 
 def strict_json(value):
@@ -216,13 +263,18 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 90%; }}
 th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
 th {{ background: #eee; }} td:first-child, th:first-child {{ text-align: left; }}
+h3 {{ font-size: 120%; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{title}</h1>
 <p>Metrics are defined in medsr's docs/METRICS.md. Figures: columns LR (pixels repeated) | models | ground
 truth; rows: whole image, the magnified region (yellow box), and the error |SR - GT| x 4.</p>
-<h2>Settings</h2><table>{settings}</table>
+<h2>Settings and provenance</h2><table>{settings}</table>
 <h2>Summary (mean per model)</h2>{summary}
+<h2>Paired against {reference}</h2>
+<p>Per image, model minus {reference}: the mean, its bootstrap 95% interval (2,000 resamples of the
+images), and on how many images the model is better.</p>{paired}
+<h2>Metrics</h2>{legend}
 <h2>Figures</h2>{figures}
 <h2>Per image</h2>{images}
 </body></html>

@@ -1,0 +1,62 @@
+"""Spread and paired comparisons for evaluation results: bootstrap intervals over images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Which way is better, per metric (docs/METRICS.md): +1 higher, -1 lower.
+DIRECTIONS = {"psnr": 1, "ssim": 1, "vessel_agreement": 1, "vessel_auc": 1, "hf_kept": 1, "mf_kept": 1,
+              "hf_invented": -1, "mf_invented": -1, "lpips": -1}
+RESAMPLES = 2000
+
+
+def bootstrap_interval(values: np.ndarray, *, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (``RESAMPLES`` resamples of the images, seeded: the
+    same data give the same interval)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(RESAMPLES, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def describe(values: list[float]) -> dict:
+    """Mean and its bootstrap 95% interval over the finite values."""
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if not len(finite):
+        return {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
+    return {"mean": float(finite.mean()), "ci95": list(bootstrap_interval(finite)), "n": int(len(finite))}
+
+
+def paired(model: list[float], reference: list[float], metric: str) -> dict:
+    """Mean of (model - reference) over images where both are finite, its bootstrap 95% interval,
+    and on how many images the model is better (by the metric's direction)."""
+    pairs = [(m, r) for m, r in zip(model, reference, strict=True) if math.isfinite(m) and math.isfinite(r)]
+    if not pairs:
+        return {"difference": math.nan, "ci95": [math.nan, math.nan], "wins": 0, "n": 0}
+    difference = np.array([m - r for m, r in pairs])
+    wins = int(np.sum(np.sign(difference) == DIRECTIONS.get(metric, 1)))
+    return {"difference": float(difference.mean()), "ci95": list(bootstrap_interval(difference)),
+            "wins": wins, "n": len(pairs)}
+
+
+def statistics(rows: dict[str, dict[str, list[float]]], reference: str | None) -> dict:
+    """``rows[model][metric]`` = per-image values, in one image order for every model.
+
+    Returns ``{model: {metric: {"mean", "ci95", "n", "vs_reference": paired(...)}}}``; the paired
+    part only when ``reference`` is one of the models and not the model itself.
+    """
+    out = {}
+    for model, columns in rows.items():
+        out[model] = {}
+        for metric, values in columns.items():
+            entry = describe(values)
+            if reference in rows and model != reference and metric in rows[reference]:
+                entry["vs_reference"] = paired(values, rows[reference][metric], metric)
+            out[model][metric] = entry
+    return out
