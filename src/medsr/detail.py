@@ -2,7 +2,8 @@
 
 - **Detail**: the high-pass part of ``sr - lanczos(lr)``: structure the model drew beyond what plain
   interpolation of the input gives. Zero for Lanczos itself; sharpened edges and invented texture
-  both show, so read it with the image (docs/DETAIL_MAPS.md).
+  both show, so read it with the image (docs/DETAIL_MAPS.md, which also relates it to
+  the FDA's sFRC).
 - **Consistency**: ``lanczos_down(sr) - lr``: whether the output, brought back to the input's
   size, is still the input. Invented detail that vanishes on downscaling does not show here, which
   is why the detail map exists.
