@@ -123,3 +123,12 @@ def test_named_models_are_read_once_and_built_apart(tiny_pair, monkeypatch):
     with torch.no_grad():
         first.conv_last.bias.add_(1)
     assert not torch.equal(first.conv_last.bias, second.conv_last.bias)
+
+
+def test_cpu_budget_follows_the_available_memory(monkeypatch):
+    from medsr import infer
+
+    for available, expected in ((None, 2 << 30), (2 << 30, 1 << 30), (20 << 30, 5 << 30), (200 << 30, 16 << 30)):
+        monkeypatch.setattr(infer, "available_memory", lambda a=available: a)
+        assert infer.memory_budget(torch.device("cpu")) == expected
+    assert auto_tile(5 << 30) > auto_tile(2 << 30) == 592  # 592: the figure of the 2 GiB budget (BENCHMARKS.md)

@@ -5,7 +5,8 @@ The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), beca
 - The trunk does 97% of the work at LR resolution and sees ~350 LR pixels around each output
   pixel. It runs on large tiles, each with extra context around it that is discarded, and
   neighbouring tiles overlap; in the overlap, outputs are blended with linear ramps that sum to
-  one. Images that fit the memory budget (up to 592x592 LR with the default 2 GiB) are one tile,
+  one. Images that fit the memory budget (a quarter of the memory available, 1-16 GiB: up to
+  592x592 LR with 2 GiB, 1,000x1,000 with 5 GiB) are one tile,
   identical to a whole-image pass; larger ones match it to within a grey level (tested on the real
   x4plus weights).
 - The head upsamples x4 and holds most of the memory (64-channel maps at output resolution), but
@@ -34,7 +35,8 @@ HEAD_BYTES_PER_PIXEL = 16 * 1024
 HEAD_CONTEXT = 2  # feature pixels: the head's reach (four 3x3 convs at x2 and x4) is under 2
 DEFAULT_CONTEXT = 64  # LR pixels of extra trunk input on each inner tile side
 DEFAULT_OVERLAP = 32  # LR pixels over which neighbouring trunk tiles are blended
-DEFAULT_CPU_BUDGET = 2 << 30
+DEFAULT_CPU_BUDGET = 2 << 30  # where the available memory cannot be read
+CPU_BUDGET_RANGE = (1 << 30, 16 << 30)  # a quarter of the available memory, within these bounds
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -79,10 +81,22 @@ def available_memory() -> int | None:
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes the activations may use: 2 GiB on CPU, half the free memory on CUDA."""
+    """Bytes the activations may use: on CPU a quarter of the available memory (1-16 GiB; larger
+    tiles waste less on context), on CUDA half the free memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    return DEFAULT_CPU_BUDGET
+    available = available_memory()
+    if available is None:
+        return DEFAULT_CPU_BUDGET
+    low, high = CPU_BUDGET_RANGE
+    return min(max(available // 4, low), high)
+
+
+def activation_bytes(height: int, width: int, budget: int) -> int:
+    """Peak activation memory of an LR image of this size: its trunk and head, or the budget when
+    the image is tiled."""
+    pixels = (height + 2 * DEFAULT_CONTEXT) * (width + 2 * DEFAULT_CONTEXT)
+    return min(budget, pixels * (TRUNK_BYTES_PER_PIXEL + HEAD_BYTES_PER_PIXEL))
 
 
 def auto_tile(budget_bytes: int, dtype: torch.dtype = torch.float32, *, context: int = DEFAULT_CONTEXT) -> int:
@@ -159,7 +173,7 @@ def upscale_tensor(
             (equal weights, so no tint and no bias towards a colour).
         tile: trunk tile side in LR pixels (context excluded); None chooses it from the memory
             budget; 0 runs the trunk on the whole image.
-        budget_bytes: memory for activations; default 2 GiB on CPU, half the free memory on CUDA.
+        budget_bytes: memory for activations; default from ``memory_budget``.
         progress: called as ``progress(done, total)`` after each tile.
 
     Returns:

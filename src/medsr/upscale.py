@@ -57,7 +57,8 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
     channels = image.pixels.shape[0] + (image.alpha is not None)
     network_out = height * scale * width * scale * channels * 4
     final = out_size[0] * out_size[1] * channels * 4
-    need = 2 * network_out + 2 * final + (infer.memory_budget(device) if device.type == "cpu" else 0)
+    tiles = infer.activation_bytes(height, width, infer.memory_budget(device)) if device.type == "cpu" else 0
+    need = 2 * network_out + 2 * final + tiles
     if need > available:
         raise ImageError(f"{source}: x{out_size[0] / height:g} of {width}x{height} needs about "
                          f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available now; "
