@@ -76,9 +76,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    PILImage.fromarray(random_image(200, 200, 3)).save(data / "a.png")
+    PILImage.fromarray(random_image(600, 520, 3)).save(data / "a.png")
     assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
-                 "-o", str(tmp_path / "report")]) == 0
+                 "--figures", "1", "-o", str(tmp_path / "report")]) == 0
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",

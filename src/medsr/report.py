@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageDraw
+from PIL import ImageDraw, ImageFont
 from scipy.ndimage import uniform_filter
 
 from medsr.evaluate import Result
@@ -21,6 +21,8 @@ from medsr.figures import to_pil
 COLUMNS = ("psnr", "ssim", "vessel_agreement", "vessel_auc", "hf_kept", "hf_invented", "mf_kept", "mf_invented",
            "lpips")
 PANEL = 256  # pixels per figure panel
+LABEL_HEIGHT = 26  # pixels for the model names above the panels and the error scale below
+ERROR_GAIN = 4  # the error row shows |SR - GT| x 4
 
 
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
@@ -89,21 +91,35 @@ def comparison_figure(result: Result, region: tuple[int, int, int, int] | None =
     columns.update(result.outputs)
     columns["ground truth"] = result.gt
     x, y, w, h = region or region_of_difference(result.outputs)
-    figure = PILImage.new("RGB", (PANEL * len(columns), 18 + 3 * PANEL), "white")
+    top = LABEL_HEIGHT
+    figure = PILImage.new("RGB", (PANEL * len(columns), top + 3 * PANEL + LABEL_HEIGHT), "white")
     draw = ImageDraw.Draw(figure)
+    font = ImageFont.load_default(size=LABEL_HEIGHT - 8)
     scale = PANEL / gt_size
     for i, (name, pixels) in enumerate(columns.items()):
         picture = to_pil(pixels)
-        figure.paste(picture.resize((PANEL, PANEL), PILImage.Resampling.LANCZOS), (i * PANEL, 18))
+        figure.paste(picture.resize((PANEL, PANEL), PILImage.Resampling.LANCZOS), (i * PANEL, top))
         crop = picture.crop((x, y, x + w, y + h)).resize((PANEL, PANEL), PILImage.Resampling.NEAREST)
-        figure.paste(crop, (i * PANEL, 18 + PANEL))
+        figure.paste(crop, (i * PANEL, top + PANEL))
         if name not in ("LR", "ground truth"):
-            error = np.clip(np.abs(pixels - result.gt).mean(0, keepdims=True) * 4, 0, 1)
-            figure.paste(to_pil(error).resize((PANEL, PANEL), PILImage.Resampling.BOX), (i * PANEL, 18 + 2 * PANEL))
-        draw.text((i * PANEL + 4, 3), name, fill="black")
-        box = [i * PANEL + x * scale, 18 + y * scale, i * PANEL + (x + w) * scale, 18 + (y + h) * scale]
+            error = np.clip(np.abs(pixels - result.gt).mean(0, keepdims=True) * ERROR_GAIN, 0, 1)
+            figure.paste(to_pil(error).resize((PANEL, PANEL), PILImage.Resampling.BOX), (i * PANEL, top + 2 * PANEL))
+        draw.text((i * PANEL + 4, 4), name, fill="black", font=font)
+        box = [i * PANEL + x * scale, top + y * scale, i * PANEL + (x + w) * scale, top + (y + h) * scale]
         draw.rectangle(box, outline="yellow")
+    _error_scale(draw, (PANEL + 4, top + 3 * PANEL + 4), font)
     return figure
+
+
+def _error_scale(draw: ImageDraw.ImageDraw, at: tuple[int, int], font) -> None:
+    """The error row's colour bar: black = 0, white = 1/ERROR_GAIN of the range (64 of 255 levels)."""
+    x, y = at
+    for i in range(PANEL):
+        level = round(255 * i / (PANEL - 1))
+        draw.line([x + i, y, x + i, y + LABEL_HEIGHT - 10], fill=(level, level, level))
+    draw.rectangle([x, y, x + PANEL, y + LABEL_HEIGHT - 10], outline="black")
+    draw.text((x + PANEL + 8, y - 2), f"error |SR - GT|: 0 .. {255 // ERROR_GAIN} of 255 levels", fill="black",
+              font=font)
 
 
 def dial_points(summary: dict[str, dict[str, float]], metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -199,7 +215,7 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
                         f'src="data:image/png;base64,{_png_data(figure)}">')
     page = _PAGE.format(
         title=html.escape(f"medsr evaluation: {settings.get('protocol', '')}"),
-        settings="".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        settings="".join(f'<tr><th>{html.escape(str(k))}</th><td class="text">{html.escape(str(v))}</td></tr>'
                          for k, v in settings.items()),
         summary=_html_table(["model", "images", *COLUMNS],
                             [[m, row.get("images", "")] + [row.get(c, math.nan) for c in COLUMNS]
@@ -252,7 +268,8 @@ def strict_json(value):
 def _html_table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(
-        f"<td>{_fmt(v) if isinstance(v, float) else html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+        f"<td>{_fmt(v)}</td>" if isinstance(v, float) else f'<td class="text">{html.escape(str(v))}</td>'
+        for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -262,13 +279,14 @@ _PAGE = """<!doctype html>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 90%; }}
 th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
-th {{ background: #eee; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #eee; }} td:first-child, th:first-child, td.text {{ text-align: left; }}
 h3 {{ font-size: 120%; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{title}</h1>
 <p>Metrics are defined in medsr's docs/METRICS.md. Figures: columns LR (pixels repeated) | models | ground
-truth; rows: whole image, the magnified region (yellow box), and the error |SR - GT| x 4.</p>
+truth; rows: whole image, the magnified region (yellow box), and the error |SR - GT| x 4 (scale under
+each figure).</p>
 <h2>Settings and provenance</h2><table>{settings}</table>
 <h2>Summary (mean per model)</h2>{summary}
 <h2>Paired against {reference}</h2>
