@@ -144,3 +144,16 @@ def test_model_labels_are_unique(tmp_path, tiny_net, capsys):
     assert {"first", "second"} <= set(json.loads((tmp_path / "r2" / "summary.json").read_text())["summary"])
     assert main([*base, "--model", f"same={a}", "--model", f"same={b}", "-o", str(tmp_path / "r3")]) == 2
     assert "appear twice" in capsys.readouterr().err
+
+
+def test_paper_table_is_printed_beside_the_measured_values(tmp_path, tiny_net, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(520, 520, 3)).save(data / "x.png")
+    save_file(tiny_net.state_dict(), tmp_path / "mine.safetensors")
+    assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
+                 "--model", str(tmp_path / "mine.safetensors"), "--paper-table", "-o", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    # Values of the paper's Table 1 (Aghelan & Rouhani, arXiv 2211.00577).
+    assert "| Real-ESRGAN | 35.33 | 0.8866 | - | - |" in out
+    assert "| fine-tuned (here: mine.safetensors) | 34.21 | 0.8923 |" in out and "DRIVE" in out

@@ -254,7 +254,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from medsr import __version__, stats
     from medsr import evaluate as ev
-    from medsr.report import markdown_table, paired_table, write_report
+    from medsr.report import markdown_table, paired_table, paper_comparison, write_report
 
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
@@ -301,6 +301,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(summary))
     print(f"\npaired against {reference}: mean difference [bootstrap 95% interval], images where better")
     print(paired_table(statistics))
+    if args.paper_table:
+        fine_tuned = next((n for n in names if n not in ("bicubic", "lanczos", "realesrgan-x4plus")), None)
+        print("\nthe paper's table beside this run:")
+        print(paper_comparison(protocol.name, summary, protocol.blur_sigma, fine_tuned))
     print(f"report: {path} ({len(results)} images, {len(failed)} skipped)")
     return 1 if failed else 0
 
@@ -428,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", default="realesrgan-x4plus",
                     help="the model the others are compared with, image by image (default: realesrgan-x4plus "
                          "when evaluated, else bicubic)")
+    ev.add_argument("--paper-table", action="store_true",
+                    help="also print the paper's Table 1/2 values beside the measured ones, with what differs")
     ev.add_argument("--fit", default="resize", choices=["resize", "crop"],
                     help="how non-square images become the protocol's square: resize (the paper) or centre "
                          "crop (default: resize)")

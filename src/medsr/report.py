@@ -57,6 +57,32 @@ def _paired_cell(entry: dict | None) -> str:
     return f"{entry['difference']:+.4g}{interval} {entry['wins']}/{entry['n']}"
 
 
+# Aghelan & Rouhani, arXiv 2211.00577, Tables 1 and 2 (PSNR dB / SSIM).
+PAPER_TABLE = {
+    "retina-x2": {"data": "DRIVE, 40 images (not redistributable: not in medsr's shared data)",
+                  "Real-ESRGAN": (35.33, 0.8866), "fine-tuned": (34.21, 0.8923)},
+    "cxr-x4": {"data": "NIH ChestX-ray14, 40 random images",
+               "Real-ESRGAN": (32.09, 0.8668), "fine-tuned": (32.46, 0.8232)},
+}
+
+
+def paper_comparison(protocol: str, summary: dict[str, dict[str, float]], blur_sigma: float,
+                     fine_tuned: str | None) -> str:
+    """Markdown: the paper's values beside the measured ones for the same protocol, and what differs."""
+    paper = PAPER_TABLE[protocol]
+    measured = {"Real-ESRGAN": summary.get("realesrgan-x4plus", {}), "fine-tuned": summary.get(fine_tuned or "", {})}
+    lines = ["| model | paper PSNR | paper SSIM | measured PSNR | measured SSIM |", "|---|---|---|---|---|"]
+    for name in ("Real-ESRGAN", "fine-tuned"):
+        row = measured[name]
+        label = name if name == "Real-ESRGAN" else f"fine-tuned (here: {fine_tuned or 'none given'})"
+        lines.append(f"| {label} | {paper[name][0]:.2f} | {paper[name][1]:.4f} | {_fmt(row.get('psnr', math.nan))} "
+                     f"| {_fmt(row.get('ssim', math.nan))} |")
+    lines.append(f"\nPaper: {paper['data']}; its LR blur kernel is not given. Here: the images evaluated, Gaussian "
+                 f"blur sigma {blur_sigma:g} LR pixel; the paper's fine-tuned weights were not published, so "
+                 "its row is compared with medsr's own fine-tuned model. Compare trends, not digits.")
+    return "\n".join(lines)
+
+
 def _fmt(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.4f}"
 
