@@ -283,3 +283,62 @@ def test_an_output_that_is_a_folder_is_a_per_file_error(tmp_path, tiny_net):
     results = list(medsr.upscale_files(plan, model=tiny_net, overwrite=True))
     assert [r.ok for r in results] == [False, True]
     assert "a.png" in results[0].error and "Traceback" not in results[0].error
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: kill -9 in a save, two runs into one folder
+
+
+def _medsr(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "medsr.cli", *args]
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_continues_exactly(train_dir, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    sets = sum((["--set", s] for s in (*TINY, "run.iterations=8", "run.save_every=1")), [])
+    straight = tmp_path / "straight"
+    subprocess.run(_medsr("finetune", "-o", str(straight), "--data", str(train_dir), *sets), check=True,
+                   capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_medsr("finetune", "-o", str(killed), "--data", str(train_dir), *sets),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    # Wait until a save after the first is under way: a checkpoint exists and the next is half written.
+    while time.time() < deadline and not ((killed / "latest.pth").exists() and list(killed.glob(".latest.pth.*.part"))):
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "latest.pth").exists()
+    iteration = checkpoint.load(killed / "latest.pth")["iteration"]
+    assert iteration < 8  # killed before the end
+    subprocess.run(_medsr("finetune", "-o", str(killed), "--resume"), check=True, capture_output=True, timeout=300)
+    a, b = checkpoint.load(straight / "latest.pth"), checkpoint.load(killed / "latest.pth")
+    assert b["iteration"] == 8
+    assert all(torch.equal(a["net_g_ema"][k], b["net_g_ema"][k]) for k in a["net_g_ema"])
+    assert not list(killed.glob(".*.part"))  # the killed run's half-written file was cleaned up
+
+
+@pytest.mark.slow
+def test_two_concurrent_upscale_runs_write_each_file_once(tmp_path, tiny_net):
+    import subprocess
+
+    from safetensors.torch import save_file
+
+    save_file(tiny_net.state_dict(), tmp_path / "tiny.safetensors")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        PILImage.fromarray(random_image(24, 24, 3, seed=i)).save(src / f"{i:02d}.png")
+    command = _medsr("upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "tiny.safetensors"))
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    written = sum(int(out.split("upscaled ")[1].split()[0]) for out, _ in outputs)
+    reported = sum(err.count("already exists") for _, err in outputs)
+    assert written == 12 and reported == 12  # each file written once; every overlap reported
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:02d}.png" for i in range(12)]
