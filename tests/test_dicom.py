@@ -225,7 +225,7 @@ def test_compressed_file_without_its_decoder_names_the_packages():
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("examples_ybr_color.dcm", "multi-frame DICOM (30 frames); read it with read_frames"),
+        ("examples_ybr_color.dcm", "multi-frame DICOM of 30 frames (a stack); read it with read_frames"),
         ("MR_truncated.dcm", "cannot decode pixel data"),
         ("rtplan.dcm", "DICOM without pixel data"),
     ],

@@ -28,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medsr.image import Image, ImageError, ReadOptions, check_pixels
+from medsr.image import Image, ImageError, ReadOptions, check_pixels, single_frame
 
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
 _SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
@@ -144,11 +144,7 @@ def _check_supported(ds: Dataset, path: Path, max_pixels: int) -> None:
 
 def read_dicom(path: Path, options: ReadOptions) -> Image:
     """Read a single-frame DICOM image (gray or colour, 8-16 bits stored, signed or not)."""
-    frames = read_dicom_frames(path, options)
-    if len(frames) > 1:
-        raise ImageError(f"{path}: multi-frame DICOM ({len(frames)} frames); read it with read_frames "
-                         "(medsr upscale does, frame by frame)")
-    return frames[0]
+    return single_frame(read_dicom_frames(path, options), path, "multi-frame DICOM")
 
 
 def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:

@@ -229,6 +229,14 @@ def quantize(values: np.ndarray, max_value: float, min_value: float = 0, dtype: 
 
 
 
+def single_frame(frames: list[Image], path: object, kind: str) -> Image:
+    """The one image of ``frames``; a stack is an error, never read as one (colour) image."""
+    if len(frames) > 1:
+        raise ImageError(f"{path}: {kind} of {len(frames)} frames (a stack); read it with read_frames "
+                         "(medsr upscale does, frame by frame)")
+    return frames[0]
+
+
 def check_pixels(path: object, width: int, height: int, max_pixels: int) -> None:
     """Refuse empty images and images above the pixel limit, before decoding them."""
     if width <= 0 or height <= 0:

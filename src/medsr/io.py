@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
 from medsr import dicom
-from medsr.image import Image, ImageError, ReadOptions, check_pixels
+from medsr.image import Image, ImageError, ReadOptions, check_pixels, single_frame
 
 JPEG_GRAY_TOLERANCE = 2  # stored levels: chroma subsampling and rounding leave gray JPEGs not quite equal
 
@@ -127,11 +127,7 @@ def _read_png(path: Path, options: ReadOptions) -> Image:
 
 
 def _read_tiff(path: Path, options: ReadOptions) -> Image:
-    frames = _read_tiff_frames(path, options)
-    if len(frames) > 1:
-        raise ImageError(f"{path}: TIFF of {len(frames)} pages (a stack); read it with read_frames "
-                         "(medsr upscale does, page by page)")
-    return frames[0]
+    return single_frame(_read_tiff_frames(path, options), path, "TIFF")
 
 
 def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
