@@ -141,7 +141,7 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
 
 def test_multipage_and_float_tiffs_are_refused(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 8, 8), np.uint16))
-    with pytest.raises(ImageError, match=r"stack\.tif: TIFF of 5 pages \(a stack\); read it with read_frames"):
+    with pytest.raises(ImageError, match=r"stack\.tif: TIFF of 5 frames \(a stack\); read it with read_frames"):
         read_image(tmp_path / "stack.tif")
     tifffile.imwrite(tmp_path / "f.tif", np.zeros((8, 8), np.float32))
     with pytest.raises(ImageError, match="sample type float32"):
