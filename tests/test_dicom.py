@@ -114,6 +114,10 @@ def test_x4_updates_size_spacing_and_derivation(cxr12, tmp_path):
     assert [float(v) for v in out.PixelSpacing] == pytest.approx([0.05, 0.0625])
     assert [float(v) for v in out.ImagerPixelSpacing] == pytest.approx([0.0475, 0.0475])
     assert "x4 with model nearest-x4" in out.DerivationDescription and "medsr" in out.DerivationDescription
+    source = pydicom.dcmread(path)
+    [reference] = out.SourceImageSequence  # the derived image names its source
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID != out.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
 
 
 def test_one_input_series_gives_one_output_series(cxr12, tmp_path):
@@ -275,3 +279,36 @@ def test_cli_folder_with_suffixless_dicom_and_info(cxr12, tmp_path, tiny_net, ca
     assert "stored 12 of 16, unsigned" in printed and "MONOCHROME1" in printed
     assert re.search(r"\n  PixelSpacing:\s+\[0.2, 0.25\]", printed)
     assert re.search(r"\n  PixelSpacing:\s+\[0.05, 0.0625\]", printed)
+
+
+def test_pydicoms_own_files_read_or_are_refused_with_the_reason():
+    """Every pixel-bearing test file of pydicom, from many vendors: 8/16-bit ones read, with the
+    archive codecs (JPEG Lossless, JPEG-LS, JPEG 2000, RLE) and colour encodings (YBR_RCT, palette)
+    included; others give an ImageError with the reason, never another exception."""
+    import os
+
+    import pydicom
+
+    from medsr.io import read_frames
+
+    folder = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    read, refused = set(), {}
+    for name in sorted(os.listdir(folder)):
+        try:
+            if "PixelData" not in pydicom.dcmread(os.path.join(folder, name), force=True):
+                continue
+        except Exception:
+            continue
+        try:
+            read_frames(os.path.join(folder, name))
+            read.add(name)
+        except ImageError as exc:
+            refused[name] = str(exc)
+    must_read = {"SC_rgb_jpeg_gdcm.dcm",  # JPEG Lossless, process 14
+                 "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "JPGExtended.dcm",
+                 "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "examples_jpeg2k.dcm", "GDCMJ2K_TextGBR.dcm",  # YBR_RCT
+                 "examples_palette.dcm", "SC_rgb_rle_16bit_2frame.dcm", "examples_ybr_color.dcm"}
+    assert must_read <= read, must_read - read
+    assert len(read) >= 45
+    for name, message in refused.items():  # each names its file and a reason
+        assert name in message and len(message) > len(name) + 20, message

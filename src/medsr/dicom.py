@@ -18,6 +18,7 @@ untouched. Colour is written as RGB, or YBR_FULL when the input was uncompressed
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medsr.image import Image, ImageError, ReadOptions, check_pixels, single_frame
 
-SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+# Colour encodings arrive as RGB from pydicom's decoders (YBR_RCT/ICT: JPEG 2000's colour transforms)
+# or from the palette (PALETTE COLOR), and are written back as RGB.
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT",
+                         "PALETTE COLOR")
 _SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 
 
@@ -94,11 +98,13 @@ def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
     return first(ds.WindowCenter), first(ds.WindowWidth)
 
 
-def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float] | None, path: Path) -> StoredRange:
-    """The mapping for this file (see the module docstring)."""
+def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float] | None, path: Path,
+                 bits: int | None = None) -> StoredRange:
+    """The mapping for this file (see the module docstring); ``bits``: of the decoded values, when
+    they differ from BitsStored (a palette's entries)."""
     invert = ds.PhotometricInterpretation == "MONOCHROME1"
-    low, high = stored_limits(dtype, int(ds.BitsStored))
-    if window is None or ds.SamplesPerPixel != 1:
+    low, high = stored_limits(dtype, bits or int(ds.BitsStored))
+    if window is None or ds.SamplesPerPixel != 1 or ds.PhotometricInterpretation == "PALETTE COLOR":
         return StoredRange(low=low, high=high, invert=invert)
     centre, width = _window_of(ds, path) if window == "voi" else window
     try:
@@ -147,6 +153,20 @@ def read_dicom(path: Path, options: ReadOptions) -> Image:
     return single_frame(read_dicom_frames(path, options), path, "multi-frame DICOM")
 
 
+def _from_palette(ds: Dataset, indices: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+    """RGB through the file's palette, and the palette's bits per entry."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(indices, ds)
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot apply its colour palette ({type(exc).__name__}: {exc})") from None
+    bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    for keyword in [e.keyword for e in ds if "PaletteColor" in e.keyword or "PaletteUID" in e.keyword]:
+        delattr(ds, keyword)  # the output is RGB: a palette would contradict it
+    return rgb.astype(np.uint8 if bits <= 8 else np.uint16), bits
+
+
 def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     """Read every frame of a DICOM image as its own 2D image, sharing the dataset."""
     ds = _read_dataset(path)
@@ -159,12 +179,15 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
         raise ImageError(f"{path}: cannot decode {name} pixel data: {exc}") from None
     except Exception as exc:
         raise ImageError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
-    mapping = stored_range(ds, stored.dtype, options.window, path)
+    bits = int(ds.BitsStored)
+    if ds.PhotometricInterpretation == "PALETTE COLOR":  # the palette's RGB is the picture
+        stored, bits = _from_palette(ds, stored, path)
+    mapping = stored_range(ds, stored.dtype, options.window, path, bits=bits)
     if frame_count(ds) == 1:
         stored = stored[None]
     del ds.PixelData  # the decoded copy is in ``stored``; the writer sets new pixel data
     # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
-    meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("=")}
+    meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("="), "dicom_bits": bits}
     reason = (f"DICOM: {ds.BitsStored} bits stored" if options.window is None
               else f"DICOM window, stored {mapping.low:g}..{mapping.high:g}")
     frames = []
@@ -192,13 +215,14 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
     source: Dataset = image.meta["dicom"]
     if any(f.meta.get("dicom") is not source for f in frames) or any(f.size != image.size for f in frames):
         raise ImageError("the frames of one DICOM output must come from one file and have one size")
-    ds = source.copy()
+    ds = copy.deepcopy(source)  # Dataset.copy is shallow: set_pixel_data would change the source's UIDs too
     mapping: StoredRange = image.meta["dicom_range"]
     dtype = np.dtype(image.meta["dicom_dtype"])
     height, width = image.size
     scale_y, scale_x = height / source.Rows, width / source.Columns
     photometric = _output_photometric(source)
-    stored = np.stack([_stored(frame, mapping, dtype, int(source.BitsStored)) for frame in frames])
+    bits = int(image.meta.get("dicom_bits", source.BitsStored))
+    stored = np.stack([_stored(frame, mapping, dtype, bits) for frame in frames])
     stored = stored[0] if len(frames) == 1 else stored
     if photometric == "YBR_FULL":
         stored = convert_color_space(stored, "RGB", "YBR_FULL")
@@ -211,7 +235,7 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
                  "LargestImagePixelValue"):
         if name in ds:
             delattr(ds, name)
-    ds.set_pixel_data(stored, photometric, int(source.BitsStored), generate_instance_uid=True)
+    ds.set_pixel_data(stored, photometric, bits, generate_instance_uid=True)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -220,6 +244,11 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
         for item in ds.get(group, []):
             for measures in item.get("PixelMeasuresSequence", []):
                 _scale_spacing(measures, scale_y, scale_x)
+    if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a derived image names its source
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        ds.SourceImageSequence = [reference]
     description = _derivation(image, scale_y, scale_x)
     series = str(source.get("SeriesInstanceUID", source.get("SOPInstanceUID", "")))
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
