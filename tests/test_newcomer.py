@@ -52,3 +52,42 @@ def test_window_on_a_plain_image_is_an_error(tmp_path, capsys):
     code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--window", "40,400"])
     assert code == 1 and re.search(r"a\.png: a window applies to DICOM files only", capsys.readouterr().err)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs_again(tmp_path, tiny_net):
+    import medsr
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "a.png")
+    plan = medsr.plan_outputs([src], src / "x4")
+    assert [p[0].name for p in plan.pairs] == ["a.png"]
+    list(medsr.upscale_files(plan, model=tiny_net))
+    again = medsr.plan_outputs([src], src / "x4")  # the second run does not upscale x4/a.png
+    assert [p[0].name for p in again.pairs] == ["a.png"]
+
+
+def test_impossible_outputs_are_refused_before_the_model_runs(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    PILImage.fromarray(random_image(8, 8, 1, np.uint16).squeeze()).save(tmp_path / "a16.png")
+    monkeypatch.setattr(weights, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    for target, message in (("o.jpg", ".jpg holds 8 bits per sample"),
+                            ("o.dcm", "only images read from DICOM can be written as DICOM")):
+        assert main(["upscale", str(tmp_path / "a16.png"), "-o", str(tmp_path / target), "--model", "cxr"]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_slow_choices_are_warned_about(caplog, tiny_net, monkeypatch):
+    import logging
+
+    import numpy as np
+
+    import medsr
+    from medsr import infer
+
+    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="medsr"):
+        medsr.upscale(random_image(128, 128, 3), model=tiny_net, tile=64)
+        medsr.upscale(np.zeros((8, 8, 3), np.uint8) + 9, model=tiny_net, precision="bf16")
+    assert "most of the work is context" in caplog.text and "without native bf16" in caplog.text

@@ -20,7 +20,7 @@ import torch
 from medsr import dicom, weights
 from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
-from medsr.io import WRITERS, image_files, read_frames, reader_for, write_frames, write_image
+from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
 from medsr.upscale import DEFAULT_MODEL, model_for, upscale
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     problems, sources = [], []
     for item in inputs:
         if item.is_dir():
-            found = image_files(item)
+            found = [p for p in image_files(item) if not _inside(p, output)]  # earlier outputs are not inputs
             if not found:
                 problems.append((item, f"{item}: folder holds no image files"))
             sources += [(p, p.relative_to(item)) for p in found]
@@ -116,6 +116,10 @@ def shard_from_environment() -> tuple[int, int]:
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
     return 0, 1
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -173,6 +177,7 @@ def upscale_files(
             if options.window is not None and reader_for(source) is not dicom.read_dicom:
                 raise ImageError(f"{source}: a window applies to DICOM files only; use value_range for others")
             frames = read_frames(source, options)
+            check_writable(target, frames)  # before the model runs, not after
             net = model if isinstance(model, torch.nn.Module) else None
             if net is None:
                 key = model_for(frames[0], model, fidelity)

@@ -17,6 +17,7 @@ The generator is run in two parts (``RRDBNet.trunk`` and ``RRDBNet.head``), beca
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -27,6 +28,8 @@ import torch
 from torch.nn import functional as F
 
 from medsr.nets.rrdbnet import RRDBNet
+
+log = logging.getLogger(__name__)
 
 # Peak memory per feature pixel of the x4plus trunk and head in fp32, measured with
 # benchmarks/bench_memory.py and rounded up.
@@ -55,6 +58,16 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux); elsewhere unknown, taken as no."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_precision(precision: str, device: torch.device) -> torch.dtype:
     """fp32 on CPU by default; bf16 (or fp16 where bf16 is missing) on CUDA."""
     if precision == "auto":
@@ -65,6 +78,9 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 inference is not supported on CPU; use fp32 or bf16")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and usually slower "
+                    "than fp32 (about 4x on an AVX2 machine); fp32 is the default for that reason")
     return PRECISIONS[precision]
 
 
@@ -184,6 +200,9 @@ def upscale_tensor(
     budget = budget_bytes or memory_budget(device)
     if tile is None:
         tile = auto_tile(budget, dtype, context=context)
+    elif 0 < tile < 2 * context and tile < max(lq.shape[1:]):
+        log.warning("tile %d with %d pixels of context on each side: most of the work is context (%.0fx the "
+                    "image's); a larger tile, or none, is faster", tile, context, ((tile + 2 * context) / tile) ** 2)
     net = _prepared(net, device)
     unshuffle = net.unshuffle  # LR pixels per feature pixel, per side
     channels, height, width = lq.shape

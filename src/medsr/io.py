@@ -397,6 +397,31 @@ FRAME_WRITERS: dict[str, Callable[[Path, list[Image]], None]] = {
 }
 
 
+def check_writable(path: str | Path, frames: list[Image]) -> None:
+    """Refuse, before any work, what the file type at ``path`` cannot hold truly: too many frames,
+    16 bits in an 8-bit format, colour in PGM, alpha in PNM or DICOM, DICOM from a plain image."""
+    path = Path(path)
+    suffix, image = path.suffix.lower(), frames[0]
+    problem = None
+    if suffix not in WRITERS:
+        problem = f"cannot write file type {path.suffix!r} (known: {', '.join(WRITERS)})"
+    elif len(frames) > 1 and suffix not in FRAME_WRITERS:
+        problem = f"{len(frames)} frames cannot be written as {suffix}; write .tif (or .dcm for frames read from DICOM)"
+    elif suffix in (".jpg", ".jpeg", ".bmp") and image.bit_depth > 8:
+        problem = f"{suffix} holds 8 bits per sample; write 16-bit images as .png or .tif"
+    elif suffix == ".pgm" and image.stored_channels != 1:
+        problem = "PGM holds gray images; write colour as .ppm"
+    elif suffix in (".pgm", ".ppm", ".pnm") and image.alpha is not None:
+        problem = "PGM/PPM cannot hold an alpha channel; write .png or .tif"
+    elif suffix in (".dcm", ".dicom") and "dicom" not in image.meta:
+        problem = ("only images read from DICOM can be written as DICOM (patient and study data would be "
+                   "missing); write .png or .tif")
+    elif suffix in (".dcm", ".dicom") and image.alpha is not None:
+        problem = "DICOM cannot hold an alpha channel"
+    if problem:
+        raise ImageError(f"{path}: {problem}")
+
+
 def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> None:
     """Write ``image`` in the format its suffix names, atomically and checked.
 
@@ -413,13 +438,7 @@ def write_frames(path: str | Path, frames: list[Image], *, overwrite: bool = Fal
     several frames as a multi-page TIFF, or as multi-frame DICOM when they came from DICOM."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in WRITERS:
-        raise ImageError(f"{path}: cannot write file type {path.suffix!r} (known: {', '.join(WRITERS)})")
-    if len(frames) > 1 and suffix not in FRAME_WRITERS:
-        raise ImageError(f"{path}: {len(frames)} frames cannot be written as {suffix}; write .tif "
-                         "(or .dcm for frames read from DICOM)")
-    if suffix == ".pgm" and frames[0].stored_channels != 1:
-        raise ImageError(f"{path}: PGM holds gray images; write colour as .ppm")
+    check_writable(path, frames)
     if path.exists() and not overwrite:
         raise ImageError(f"{path}: already exists (kept; the overwrite option replaces it)")
     write = WRITERS[suffix] if len(frames) == 1 else FRAME_WRITERS[suffix]
