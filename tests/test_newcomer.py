@@ -91,3 +91,32 @@ def test_slow_choices_are_warned_about(caplog, tiny_net, monkeypatch):
         medsr.upscale(random_image(128, 128, 3), model=tiny_net, tile=64)
         medsr.upscale(np.zeros((8, 8, 3), np.uint8) + 9, model=tiny_net, precision="bf16")
     assert "most of the work is context" in caplog.text and "without native bf16" in caplog.text
+
+
+def test_tiny_preset_runs_the_whole_pipeline(tmp_path, capsys):
+    import numpy as np
+
+    from medsr import checkpoint
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        PILImage.fromarray(random_image(96, 80, 3, np.uint8, seed=i)).save(data / f"{i}.png")
+    assert main(["finetune", "--preset", "tiny", "--data", str(data), "--val", str(data), "-o", str(tmp_path / "r"),
+                 "--set", "run.keep_optimizer=false"]) == 0
+    out = capsys.readouterr().out
+    assert "D warm-up 2/2" in out and "it/s  ETA" in out and "iter 20/20" in out and "validation" in out
+    state = checkpoint.load(tmp_path / "r" / "latest.pth")
+    assert state["optim_g"] is None and state["resumable"] is False
+    assert main(["finetune", "-o", str(tmp_path / "r"), "--resume", "--set", "run.iterations=30"]) == 2
+    assert "it can be exported, not resumed" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "r" / "latest.pth"), "-o", str(tmp_path / "m.safetensors")]) == 0
+
+
+def test_prepare_multiscale_never_upsamples(tmp_path):
+    src = tmp_path / "hr"
+    src.mkdir()
+    PILImage.fromarray(random_image(60, 50, 3)).save(src / "a.png")
+    assert main(["prepare", "multiscale", str(src), "-o", str(tmp_path / "ms"), "--shortest-side", "400"]) == 0
+    names = sorted(p.name for p in (tmp_path / "ms").iterdir())
+    assert names == ["a.png", "a_x0.333.png", "a_x0.5.png", "a_x0.75.png"]  # no 400 px copy of a 50 px image

@@ -145,14 +145,16 @@ def _resized(image: Image, height: int, width: int) -> Image:
 def prepare_multiscale(src: str | Path, dst: str | Path, *, scales: tuple[float, ...] = (0.75, 0.5, 1 / 3),
                        shortest_side: int = 400) -> Iterator[Path]:
     """Write every image of ``src`` at full size, Lanczos-downscaled by each of ``scales``, and with
-    its shortest side resized to ``shortest_side``: 5 images per input with the defaults."""
+    its shortest side resized to ``shortest_side`` when that is smaller: up to 5 images per input
+    with the defaults, never an upsampled one."""
     dst = Path(dst)
     for path, image in _sources(src, dst):
         height, width = image.size
         versions = [("", image)]
         versions += [(f"_x{s:.3g}", _resized(image, round(height * s), round(width * s))) for s in scales]
         ratio = shortest_side / min(height, width)
-        versions.append((f"_s{shortest_side}", _resized(image, round(height * ratio), round(width * ratio))))
+        if ratio < 1:  # never upsample: interpolated pixels are not high-resolution data
+            versions.append((f"_s{shortest_side}", _resized(image, round(height * ratio), round(width * ratio))))
         for tag, version in versions:
             target = _output_name(dst, path, tag)
             write_image(target, version)

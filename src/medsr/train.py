@@ -178,6 +178,9 @@ def save(run: Run) -> None:
         "net_g_ema": run.net_g_ema.state_dict(), "rng": rng,
         **{name: _state_of(getattr(run, name)) for name in RESUMABLE},
     }
+    if not run.config.run.keep_optimizer:  # two Adam moments per weight: most of a checkpoint's size
+        state["optim_g"] = state["optim_d"] = None
+        state["resumable"] = False
     checkpoint.save(run.run_dir / "latest.pth", state)
     keep = run.config.run.keep_every
     if keep and run.iteration % keep == 0:
@@ -185,6 +188,9 @@ def save(run: Run) -> None:
 
 
 def restore(run: Run, state: dict) -> None:
+    if state.get("resumable") is False:
+        raise ValueError("this checkpoint was written without optimiser state (run.keep_optimizer false); it "
+                         "can be exported, not resumed")
     run.net_g_ema.load_state_dict(state["net_g_ema"])
     for name in RESUMABLE:
         part = getattr(run, name)
@@ -266,14 +272,17 @@ def train_step(run: Run) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
 def warm_up_discriminator(run: Run, log) -> None:
     """A fresh D is trained alone against the frozen pretrained G before fine-tuning starts
     (our substitute when the official RealESRGAN_x4plus_netD.pth is not given)."""
-    for i in range(1, run.config.model.d_warmup_iters + 1):
+    total, start = run.config.model.d_warmup_iters, time.perf_counter()
+    log(f"D warm-up: {total} discriminator steps against the frozen generator before fine-tuning")
+    for i in range(1, total + 1):
         lq, _, gt = degraded_batch(run)
         with torch.no_grad(), _autocast(run):
             sr = run.net_g(lq)
         logs = d_step(run, gt, sr)
-        if i % run.config.run.log_every == 0 or i == run.config.model.d_warmup_iters:
+        if i % run.config.run.log_every == 0 or i == total:
             values = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            log(f"D warm-up {i}/{run.config.model.d_warmup_iters}  {values}")
+            rate = i / (time.perf_counter() - start)
+            log(f"D warm-up {i}/{total}  {values}  {rate:.3f} it/s  ETA {(total - i) / rate / 60:.0f} min")
     run.warmup_done = True
 
 
