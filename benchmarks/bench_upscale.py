@@ -5,7 +5,7 @@ Usage: python benchmarks/bench_upscale.py [--size 128] [--repeats 3] [--compile]
 All measurements run in this one process on the same LR input, interleaved (ours, ncnn, ours,
 ...), so a noisy shared machine affects both alike; the best of the repeats is reported.
 Work per LR pixel: 17,926,848 multiply-adds = 35.85 MFLOP (derived from the layer shapes,
-REFERENCE.md section 4).
+docs/SOURCES.md section 4).
 """
 
 from __future__ import annotations

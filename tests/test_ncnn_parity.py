@@ -35,6 +35,6 @@ def test_matches_the_ncnn_runtime_within_two_grey_levels(x4plus):
     theirs = np.clip(run_ncnn(*files, lq), 0, 1)
     assert ours.shape == theirs.shape == (3, 256, 256)
     diff = np.abs(np.rint(ours * 255) - np.rint(theirs * 255))
-    # REFERENCE.md section 3 measured 1 level on a 128x128 crop; the issue allows 2.
+    # docs/SOURCES.md section 3 measured 1 level on a 128x128 crop; the issue allows 2.
     assert diff.max() <= 2
     assert diff.mean() < 0.01

@@ -10,7 +10,7 @@ def count(net: torch.nn.Module) -> int:
 
 def test_x4plus_has_the_published_parameter_count_and_names():
     net = rrdbnet("x4plus")
-    # 16,697,987 parameters and 702 tensors: REFERENCE.md section 1 and 2 (the official checkpoint).
+    # 16,697,987 parameters and 702 tensors: docs/SOURCES.md section 1 (the official checkpoint).
     assert count(net) == 16_697_987
     assert len(net.state_dict()) == 702
     assert "body.22.rdb3.conv5.bias" in net.state_dict()

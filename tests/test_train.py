@@ -49,7 +49,7 @@ def torchvision_vgg_file(path) -> str:
 
 def test_discriminator_matches_the_official_layout(tmp_path):
     net = unet_discriminator("x4plus")
-    # 4,376,897 parameters: REFERENCE.md section 1 (the official RealESRGAN_x4plus_netD.pth).
+    # 4,376,897 parameters: docs/SOURCES.md section 1 (the official RealESRGAN_x4plus_netD.pth).
     assert sum(p.numel() for p in net.parameters()) == 4_376_897
     keys = set(net.state_dict())
     assert {"conv0.weight", "conv0.bias", "conv1.weight_orig", "conv1.weight_u", "conv1.weight_v",

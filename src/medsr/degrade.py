@@ -4,7 +4,7 @@
 (``DegradeParams``) from an explicit ``torch.Generator``; ``apply(gt, params, config)`` is
 deterministic given that record (noise comes from a seed inside it). Both stages are the same
 function (``_stage``) called with two ``StageConfig``s whose defaults are the official values
-(REFERENCE.md section 2). Per-sample parameters (kernels, noise levels, gray noise, JPEG quality)
+(docs/SOURCES.md section 2). Per-sample parameters (kernels, noise levels, gray noise, JPEG quality)
 apply to the whole batch at once on the batch's device; per-batch choices (resize, noise kind,
 final order) are shared by the batch, as upstream, and ``PairPool`` mixes batches.
 
