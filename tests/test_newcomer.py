@@ -120,3 +120,22 @@ def test_prepare_multiscale_never_upsamples(tmp_path):
     assert main(["prepare", "multiscale", str(src), "-o", str(tmp_path / "ms"), "--shortest-side", "400"]) == 0
     names = sorted(p.name for p in (tmp_path / "ms").iterdir())
     assert names == ["a.png", "a_x0.333.png", "a_x0.5.png", "a_x0.75.png"]  # no 400 px copy of a 50 px image
+
+
+def test_preview_of_a_small_image_says_so(tmp_path, capsys):
+    PILImage.fromarray(random_image(64, 64, 3)).save(tmp_path / "small.png")
+    assert main(["degrade-preview", str(tmp_path / "small.png"), "-o", str(tmp_path / "s.png")]) == 2
+    assert "smaller than the 256x256 crop; give crop 64 or less" in capsys.readouterr().err
+    assert main(["degrade-preview", str(tmp_path / "small.png"), "-o", str(tmp_path / "s.png"), "--crop", "64",
+                 "--n", "2"]) == 0
+    assert "of a 64x64 crop" in capsys.readouterr().out
+
+
+def test_messages_carry_no_advice_of_other_libraries(tmp_path):
+    from medsr.image import ImageError
+    from medsr.io import read_image
+
+    (tmp_path / "x.dcm").write_bytes(b"\x00" * 200)
+    with pytest.raises(ImageError) as info:
+        read_image(tmp_path / "x.dcm")
+    assert "force=True" not in str(info.value) and "not a DICOM file" in str(info.value)

@@ -60,7 +60,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     def progress(source: Path, done: int, total: int) -> None:
         if source not in bars:
             bars.clear()
-            bars[source] = tqdm(desc=source.name, total=total, unit="tile", leave=False)
+            bars[source] = tqdm(desc=source.name, total=total, unit="tile", leave=False, disable=None)
         bars[source].update(done - bars[source].n)
 
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
@@ -71,7 +71,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     scores: list[str] = []
     failed, start = 0, time.perf_counter()
     try:
-        for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2):
+        for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2 or None):
             for bar in bars.values():
                 bar.close()
             if result.ok:
@@ -243,7 +243,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     else:
         written = prepare_crops(args.source, args.output, size=args.size, step=args.step)
     try:
-        count = sum(1 for _ in tqdm(written, desc=args.kind, unit="file"))
+        count = sum(1 for _ in tqdm(written, desc=args.kind, unit="file", disable=None))
     except ImageError as exc:
         _error(str(exc))
         return 1
@@ -274,7 +274,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         failed.append(message)
         _error(message)
 
-    results = list(tqdm(ev.evaluate(samples, models, options, on_error=report_error), total=len(samples),
+    results = list(tqdm(ev.evaluate(samples, models, options, on_error=report_error), total=len(samples), disable=None,
                         desc="images", unit="img"))
     summary = ev.summarise(results)
     names = [m.name for m in models]

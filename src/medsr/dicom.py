@@ -126,8 +126,9 @@ def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float]
 def _read_dataset(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise ImageError(f"{path}: not a DICOM file ({exc})") from None
+    except InvalidDicomError as exc:  # pydicom's advice to force reading is not for medsr's users
+        reason = str(exc).split(" Use force=True")[0].rstrip(" .")
+        raise ImageError(f"{path}: not a DICOM file ({reason})") from None
     except Exception as exc:  # truncated or malformed element data
         raise ImageError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from None
 

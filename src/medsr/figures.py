@@ -43,6 +43,10 @@ def degradation_sheet(image: Image, *, n: int = 16, seed: int = 0, scale: int = 
     pixels repeated), each labelled with its sampled parameters."""
     if n < 1 or crop < scale * 8:
         raise ValueError(f"need n >= 1 and crop >= {scale * 8} (got n={n}, crop={crop})")
+    if min(image.size) < crop:  # a padded crop would show degradations of a mirror, not of the image
+        fits = min(image.size) // (scale * 8) * scale * 8
+        hint = f"; give crop {fits} or less" if fits else ""
+        raise ValueError(f"the image ({image.size[1]}x{image.size[0]}) is smaller than the {crop}x{crop} crop{hint}")
     config = config or DegradeConfig(scale=scale)
     generator = torch.Generator().manual_seed(seed)
     gt = centre_crop(image.pixels, crop)
