@@ -342,3 +342,16 @@ def test_two_concurrent_upscale_runs_write_each_file_once(tmp_path, tiny_net):
     reported = sum(err.count("already exists") for _, err in outputs)
     assert written == 12 and reported == 12  # each file written once; every overlap reported
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:02d}.png" for i in range(12)]
+
+
+def test_a_bit_flipped_checkpoint_is_refused_on_resume_and_export(train_dir, tmp_path):
+    finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "run")
+    path = tmp_path / "run" / "latest.pth"
+    state = torch.load(path, weights_only=True)
+    weight = state["net_g_ema"]["conv_first.weight"]
+    weight.view(torch.int32)[0, 0, 0, 0] ^= 1 << 20  # one bit, as a failing disk or copy would flip it
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="the checkpoint is damaged"):
+        finetune(tiny(train_dir), tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="the checkpoint is damaged"):
+        export(path, tmp_path / "m.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -42,14 +43,35 @@ def _to_tuples(value):
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+SEALED = ("net_g", "net_g_ema", "net_d")  # the weights a damaged file would silently change
+
+
+def tensor_digest(checkpoint: dict) -> str:
+    """SHA-256 over the networks' tensors (names, shapes, dtypes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for part in SEALED:
+        for name, tensor in sorted((checkpoint.get(part) or {}).items()):
+            digest.update(f"{part}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save(path: str | Path, checkpoint: dict) -> None:
-    """Write atomically (see ``write_atomic``)."""
+    """Write atomically (see ``write_atomic``), with the digest of its networks' tensors."""
+    checkpoint = {**checkpoint, "digest": tensor_digest(checkpoint)}
     files.write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load(path: str | Path) -> dict:
-    """Read a checkpoint written by ``save`` (tensors and plain containers only)."""
+    """Read a checkpoint written by ``save`` (tensors and plain containers only), and check that
+    its networks' tensors still match the digest written with them."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a medsr training checkpoint")
+    if "digest" in checkpoint and checkpoint["digest"] != tensor_digest(checkpoint):
+        raise ValueError(f"{path}: the checkpoint is damaged (its weights no longer match the digest written "
+                         "with them); use an earlier checkpoint (run.keep_every keeps them)")
+    return checkpoint
