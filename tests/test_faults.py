@@ -355,3 +355,41 @@ def test_a_bit_flipped_checkpoint_is_refused_on_resume_and_export(train_dir, tmp
         finetune(tiny(train_dir), tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="the checkpoint is damaged"):
         export(path, tmp_path / "m.safetensors")
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped(tmp_path, tiny_net):
+    import medsr
+
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "a.png")
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "locked" / "b.png")
+    (src / "locked").chmod(0)
+    try:
+        if os.access(src / "locked", os.R_OK):
+            pytest.skip("running as root: a folder without permissions is still readable")
+        plan = medsr.plan_outputs([src], tmp_path / "out")
+        assert [p[0].name for p in plan.pairs] == ["a.png"]
+        assert any("locked: cannot list this folder" in message for _, message in plan.problems)
+        assert not all(r.ok for r in medsr.upscale_files(plan, model=tiny_net))  # so the exit status is 1
+    finally:
+        (src / "locked").chmod(0o755)
+
+
+def test_a_listing_error_is_reported_even_as_root(tmp_path, monkeypatch):
+    from medsr import io as medsr_io
+
+    src = tmp_path / "in"
+    src.mkdir()
+    PILImage.fromarray(random_image(8, 8, 3)).save(src / "a.png")
+    real_walk = os.walk
+
+    def walk(top, onerror=None):  # what os.walk does with a folder it may not list
+        onerror(PermissionError(13, "Permission denied", str(src / "locked")))
+        yield from real_walk(top)
+
+    monkeypatch.setattr(medsr_io.os, "walk", walk)
+    with pytest.raises(ValueError, match="locked: cannot list this folder"):
+        medsr_io.image_files(src)
+    problems: list[str] = []
+    assert [p.name for p in medsr_io.image_files(src, problems)] == ["a.png"] and len(problems) == 1

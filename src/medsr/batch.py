@@ -68,7 +68,9 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     problems, sources = [], []
     for item in inputs:
         if item.is_dir():
-            found = [p for p in image_files(item) if not _inside(p, output)]  # earlier outputs are not inputs
+            unreadable: list[str] = []
+            found = [p for p in image_files(item, unreadable) if not _inside(p, output)]  # outputs are not inputs
+            problems += [(item, message) for message in unreadable]
             if not found:
                 problems.append((item, f"{item}: folder holds no image files"))
             sources += [(p, p.relative_to(item)) for p in found]

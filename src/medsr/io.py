@@ -257,13 +257,29 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageError(f"{path}: cannot read the image header ({type(exc).__name__}: {exc})") from None
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden ones skipped), sorted."""
+def image_files(folder: str | Path, unreadable: list[str] | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden ones skipped), sorted.
+
+    A subfolder that cannot be listed is an error, or with ``unreadable`` given, a message added
+    to it: never skipped in silence.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and reader_for(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    problems: list[str] = []
+
+    def report(error: OSError) -> None:
+        problems.append(f"{error.filename}: cannot list this folder ({error.strerror}); its images are left out")
+
+    found = []
+    for root, dirs, names in os.walk(folder, onerror=report):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / n for n in names if not n.startswith(".")]
+    if problems and unreadable is None:
+        raise ValueError(problems[0])
+    if unreadable is not None:
+        unreadable += problems
+    return sorted(p for p in found if p.is_file() and reader_for(p))
 
 
 FRAME_READERS: dict[str, Callable[[Path, ReadOptions], list[Image]]] = {
