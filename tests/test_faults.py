@@ -393,3 +393,30 @@ def test_a_listing_error_is_reported_even_as_root(tmp_path, monkeypatch):
         medsr_io.image_files(src)
     problems: list[str] = []
     assert [p.name for p in medsr_io.image_files(src, problems)] == ["a.png"] and len(problems) == 1
+
+
+def test_full_disk_during_a_checkpoint_or_export_keeps_the_previous_file(train_dir, tmp_path):
+    import subprocess
+
+    from .test_values import _mount_tmpfs
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "256k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "run")
+        state = checkpoint.load(tmp_path / "run" / "latest.pth")
+        (disk / "latest.pth").write_bytes(b"the previous checkpoint")
+        (disk / "model.safetensors").write_bytes(b"the previous export")
+        state["net_g_ema"]["filler"] = torch.zeros(200_000)  # 800 KB: more than the disk holds
+        with pytest.raises(OSError, match=r"cannot write .*latest\.pth: No space left on device \(the previous "
+                                          r"file is kept\)"):
+            checkpoint.save(disk / "latest.pth", state)
+        checkpoint.save(tmp_path / "big.pth", state)
+        with pytest.raises(OSError, match="No space left on device"):
+            export(tmp_path / "big.pth", disk / "model.safetensors", overwrite=True)
+        assert (disk / "latest.pth").read_bytes() == b"the previous checkpoint"
+        assert (disk / "model.safetensors").read_bytes() == b"the previous export"
+        assert sorted(p.name for p in disk.iterdir()) == ["latest.pth", "model.safetensors"]  # no temporaries
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

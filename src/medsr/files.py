@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +30,21 @@ def write_atomic(path: str | Path, data: bytes | Callable[[Path], None]) -> None
         else:
             tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as exc:
+    except Exception as exc:  # writers report a full disk in their own ways (torch.save: RuntimeError)
+        tmp.unlink(missing_ok=True)
         kept = " (the previous file is kept)" if path.exists() else ""
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{kept}") from None
+        reason = getattr(exc, "strerror", None) or (
+            "No space left on device" if _nearly_full(path.parent) else f"{type(exc).__name__}: {exc}")
+        raise OSError(getattr(exc, "errno", None), f"cannot write {path}: {reason}{kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def stale_temporaries(folder: str | Path) -> list[Path]:
