@@ -203,8 +203,8 @@ def test_preview_sheet_from_the_cli(tmp_path, capsys):
 
     from medsr.cli import main
 
-    rgb = (torch.rand(3, 60, 50, generator=gen(14)).permute(1, 2, 0).numpy() * 255).astype("uint8")
-    PILImage.fromarray(rgb).save(tmp_path / "in.png")  # smaller than the crop: padded
+    rgb = (torch.rand(3, 70, 66, generator=gen(14)).permute(1, 2, 0).numpy() * 255).astype("uint8")
+    PILImage.fromarray(rgb).save(tmp_path / "in.png")
     args = ["degrade-preview", str(tmp_path / "in.png"), "-o", str(tmp_path / "sheet.png"), "--n", "3", "--crop", "64"]
     assert main(args) == 0
     with PILImage.open(tmp_path / "sheet.png") as sheet:

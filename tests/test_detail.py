@@ -51,5 +51,5 @@ def test_cli_writes_maps_and_scores(tmp_path, tiny_net, capsys):
                  str(tmp_path / "tiny.safetensors"), "--detail-map"])
     out = capsys.readouterr().out
     assert code == 0 and "detail" in out and "consistency" in out
-    assert read_image(tmp_path / "out" / "a.detail.png").size == (64, 48)
-    assert read_image(tmp_path / "out" / "a.consistency.png").size == (16, 12)
+    assert read_image(tmp_path / "out" / "a.png.detail.png").size == (64, 48)
+    assert read_image(tmp_path / "out" / "a.png.consistency.png").size == (16, 12)

@@ -139,3 +139,28 @@ def test_messages_carry_no_advice_of_other_libraries(tmp_path):
     with pytest.raises(ImageError) as info:
         read_image(tmp_path / "x.dcm")
     assert "force=True" not in str(info.value) and "not a DICOM file" in str(info.value)
+
+
+def test_an_output_folder_above_the_input_keeps_the_inputs(tmp_path):
+    import medsr
+
+    (tmp_path / "study" / "raw").mkdir(parents=True)
+    PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "study" / "raw" / "a.png")
+    plan = medsr.plan_outputs([tmp_path / "study" / "raw"], tmp_path / "study")
+    assert [(s.name, t.relative_to(tmp_path).as_posix()) for s, t in plan.pairs] == [("a.png", "study/a.png")]
+
+
+def test_cached_weights_without_a_sidecar_are_kept(tmp_path):
+    import torch
+
+    spec = weights.ModelSpec(name="old-cache", preset="tiny", description="test")
+    target = weights.cached_path(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    from medsr.nets.rrdbnet import rrdbnet
+
+    save_file(rrdbnet("tiny").state_dict(), target)  # as medsr 0.1 cached it: no .sha256 beside it
+    assert weights.fetch(spec, online=False) == target and target.exists()
+    assert (target.parent / (target.name + ".sha256")).exists()
+    assert torch.isfinite(weights.load_generator(target).conv_last.weight).all()

@@ -183,11 +183,17 @@ def test_shards_split_a_folder_and_together_cover_it(tmp_path, tiny_model, capsy
     out = capsys.readouterr().out
     assert "upscaled 3 file(s) (share 0 of 2)" in out and "upscaled 2 file(s) (share 1 of 2)" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")  # tasks 1..3: this is the third share
-    assert main(["upscale", str(src), "-o", str(tmp_path / "slurm"), "--model", tiny_model]) == 0
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")  # --array=1-5:2: task 5 is the third share
+    assert main(["upscale", str(src), "-o", str(tmp_path / "slurm"), "--model", tiny_model, "--shard", "auto"]) == 0
     assert sorted(p.name for p in (tmp_path / "slurm").iterdir()) == ["2.png"]
+    # Without --shard, an array task (one folder per task, say) does the whole folder.
+    assert main(["upscale", str(src), "-o", str(tmp_path / "all"), "--model", tiny_model]) == 0
+    assert len(list((tmp_path / "all").iterdir())) == 5
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # not on the array's step: cannot be placed
+    assert main(["upscale", str(src), "-o", str(tmp_path / "y"), "--model", tiny_model, "--shard", "auto"]) == 2
     assert main(["upscale", str(src), "-o", str(tmp_path / "x"), "--shard", "2/2"]) == 2
 
 

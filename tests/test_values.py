@@ -301,3 +301,48 @@ def test_multi_frame_dicom_round_trips_frame_by_frame(tmp_path):
     assert [float(v) for v in ds.PixelSpacing] == [0.05, 0.0625]  # 0.2 and 0.25 divided by 4
     np.testing.assert_array_equal(ds.pixel_array[:, ::4, ::4], stored)
     assert ds.SOPInstanceUID != dcmread(tmp_path / "mf.dcm").SOPInstanceUID
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+
+
+def test_ranges_outside_the_container_are_refused_and_nothing_wraps():
+    values = np.array([[100, 4000]], np.uint16)
+    with pytest.raises(ImageError, match="does not fit the file's values 0..65535"):
+        Image.from_array(values, value_range=(-100, 4000))
+    with pytest.raises(ImageError, match="does not fit the file's values 0..255"):
+        Image.from_array(values.astype(np.uint8), value_range=(0, 1000))
+    image = Image.from_array(values)
+    image.pixels[:] = 1.5  # out of [0, 1], as a careless caller might leave it
+    assert image.to_array().max() == 4095  # clipped to the range, never wrapped around
+
+
+def test_a_stack_takes_one_range_for_all_its_pages(tmp_path):
+    pages = np.stack([np.full((4, 4), 4000, np.uint16), np.full((4, 4), 300, np.uint16)])
+    tifffile.imwrite(tmp_path / "s.tif", pages, photometric="minisblack")
+    frames = medsr.read_frames(tmp_path / "s.tif")
+    assert [f.value_range for f in frames] == [(0, 4095), (0, 4095)]
+    assert frames[1].pixels.max() == pytest.approx(300 / 4095)
+
+
+def test_a_nearly_gray_jpeg_is_gray(tmp_path):
+    gray = random_image(32, 32, 1).squeeze()
+    rgb = np.stack([gray, gray, gray], axis=2).astype(np.int16)
+    rgb[:, :, 0] = np.clip(rgb[:, :, 0] + 2, 0, 255)  # a faint red cast, as a JPEG of an X-ray may carry
+    PILImage.fromarray(rgb.astype(np.uint8)).save(tmp_path / "x.jpg", quality=95, subsampling=0)
+    with PILImage.open(tmp_path / "x.jpg") as im:
+        spread = np.ptp(np.asarray(im).astype(int), axis=2).max()
+    assert 0 < spread <= 2  # the file is not exactly gray ...
+    assert read_image(tmp_path / "x.jpg").is_gray  # ... and is read as gray
+
+
+def test_palette_dicom_is_written_back_as_rgb(tmp_path):
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    image = read_image(get_testdata_file("examples_palette.dcm"))
+    assert not image.is_gray
+    write_image(tmp_path / "p.dcm", medsr.upscale(image, model=NearestNet()))
+    out = dcmread(tmp_path / "p.dcm")
+    assert out.PhotometricInterpretation == "RGB" and "RedPaletteColorLookupTableData" not in out

@@ -69,7 +69,9 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     for item in inputs:
         if item.is_dir():
             unreadable: list[str] = []
-            found = [p for p in image_files(item, unreadable) if not _inside(p, output)]  # outputs are not inputs
+            # an output folder inside the input folder holds earlier outputs, not inputs
+            skip = output if _inside(output, item) else None
+            found = [p for p in image_files(item, unreadable) if skip is None or not _inside(p, skip)]
             problems += [(item, message) for message in unreadable]
             if not found:
                 problems.append((item, f"{item}: folder holds no image files"))
@@ -109,18 +111,29 @@ def shard(plan: Plan, index: int, count: int) -> Plan:
     return Plan(plan.pairs[index::count], plan.problems if index == 0 else [])
 
 
-def shard_from_environment() -> tuple[int, int]:
-    """(index, count) of this process: a torchrun rank, a Slurm array task, or (0, 1)."""
+def shard_from_environment(*, slurm: bool = False) -> tuple[int, int]:
+    """(index, count) of this process: a torchrun rank; with ``slurm``, this task's position in a
+    Slurm array (``--array=A-B[:STEP]``); else (0, 1). An array of listed ids cannot be placed."""
     env = os.environ
     if int(env.get("WORLD_SIZE", "1")) > 1:
         return int(env["RANK"]), int(env["WORLD_SIZE"])
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
-    return 0, 1
+    if not slurm:
+        return 0, 1
+    try:
+        task, first, count = (int(env[k]) for k in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN",
+                                                      "SLURM_ARRAY_TASK_COUNT"))
+    except (KeyError, ValueError):
+        raise ValueError("shard auto: not a Slurm array task (SLURM_ARRAY_TASK_ID, _MIN, _COUNT unset)") from None
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    index, rest = divmod(task - first, step)
+    if rest or not 0 <= index < count:
+        raise ValueError(f"shard auto: cannot place Slurm task {task} in an array of {count} from {first} by "
+                         f"{step}; give shard K/N")
+    return index, count
 
 
 def _inside(path: Path, folder: Path) -> bool:
+    """``path`` lies strictly below ``folder``."""
     return folder.resolve() in path.resolve().parents
 
 
@@ -161,7 +174,7 @@ def upscale_files(
     goes on. Stacks (multi-page TIFF, multi-frame DICOM) are upscaled frame by frame and written
     back as one stack. Named models load once. ``progress(source, done, total)`` follows the tiles.
     ``fidelity`` blends the medical models (see ``medsr.load_model``). ``maps`` writes beside each
-    output its detail and consistency maps (``NAME.detail.png``, ``NAME.consistency.png``; see
+    output its detail and consistency maps (``a.png.detail.png``, ``a.png.consistency.png``; see
     ``medsr.detail``) and puts their scores in the result.
 
     Raises:
@@ -216,7 +229,7 @@ def _write_maps(target: Path, inputs: list[Image], outputs: list[Image], overwri
         found = detail_maps(sr.pixels, lr.pixels)
         frame = f".frame{index + 1}" if len(inputs) > 1 else ""
         for kind, values, under in (("detail", found.detail, sr.pixels), ("consistency", found.consistency, lr.pixels)):
-            path = target.with_name(f"{target.stem}{frame}.{kind}.png")
+            path = target.with_name(f"{target.name}{frame}.{kind}.png")  # a.png.detail.png: no clash with a.tif
             write_image(path, Image.from_array(heat_map(values, under)), overwrite=overwrite)
         details.append(found.detail_score)
         consistencies.append(found.consistency_score)

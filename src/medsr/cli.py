@@ -48,7 +48,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         check_outscale(args.outscale)
     options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
                           value_range=parse_range(args.range))
-    index, count = parse_shard(args.shard) if args.shard else batch.shard_from_environment()
+    index, count = (batch.shard_from_environment(slurm=args.shard == "auto") if args.shard in (None, "auto")
+                    else parse_shard(args.shard))
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
     ranks = _process_group()
     device = pick_device(args.device)
@@ -84,9 +85,9 @@ def run_upscale(args: argparse.Namespace) -> int:
             else:
                 _error(result.error)
                 failed += 1
-    except weights.WeightsError as exc:
+    except weights.WeightsError as exc:  # no model: nothing can run (other ranks learn it in the merge)
         _error(str(exc))
-        return 1
+        failed += 1
     seconds = time.perf_counter() - start
     if ranks:  # rank 0 reports for all
         used, paths, failed, scores = _merged(ranks, used, paths, failed, scores)
@@ -359,11 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="medical models: 0 (sharp GAN model) .. 1 (faithful fidelity model), blending their "
                          "weights (default for --model auto: see the README)")
     up.add_argument("--detail-map", action="store_true",
-                    help="also write NAME.detail.png (detail added beyond Lanczos) and NAME.consistency.png "
+                    help="also write OUT.detail.png (detail added beyond Lanczos) and OUT.consistency.png "
                          "(output downscaled minus input) beside each output, and print their scores")
-    up.add_argument("--shard", default=None, metavar="K/N",
-                    help="upscale only share K (0-based) of N of the files, e.g. one Slurm array task "
-                         "(default: from torchrun or SLURM_ARRAY_TASK_ID/COUNT, else all)")
+    up.add_argument("--shard", default=None, metavar="K/N|auto",
+                    help="upscale only share K (0-based) of N of the files; auto: this Slurm array task's "
+                         "share (default: torchrun's rank under torchrun, else all)")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -30,11 +30,13 @@ def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: st
     files, problems = [], []
     for path in image_files(folder):
         try:
-            height, width = image_size(path)
+            height, width, frames = image_size(path)
         except ImageError as exc:
             problems.append(str(exc))
             continue
-        if min(height, width) < min_side:
+        if frames > 1:
+            problems.append(f"{path}: a stack of {frames} frames; training reads single images (split it)")
+        elif min(height, width) < min_side:
             problems.append(f"{path}: {width}x{height} is smaller than the {min_side}-pixel crop")
         else:
             files.append(path)

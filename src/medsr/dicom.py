@@ -195,7 +195,7 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     for frame in stored:
         pixels = mapping.to_unit(frame)
         pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
-        frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=255 if ds.BitsStored <= 8 else 65535,
+        frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=255 if bits <= 8 else 65535,
                             meta=dict(meta), range_reason=reason))
     return frames
 

@@ -154,7 +154,7 @@ class Model:
 def parse_model_entry(entry: str) -> tuple[str, float | None]:
     """``retina@0.5`` -> ("retina", 0.5): a medical model at a fidelity; anything else as it is."""
     name, at, fidelity = entry.rpartition("@")
-    if not at:
+    if not at or Path(entry).exists():  # a checkpoint whose path holds an @
         return entry, None
     try:
         return name, float(fidelity)
@@ -165,7 +165,8 @@ def parse_model_entry(entry: str) -> tuple[str, float | None]:
 def build_models(names: list[str], *, tile: int | None, device: str) -> list[Model]:
     """Baselines and models by entry: a name, ``NAME@F`` (a fidelity), a path, or ``LABEL=ENTRY``.
     Labels are unique: two checkpoints of one file name are told apart by their paths."""
-    labelled = [entry.split("=", 1) if "=" in entry else [None, entry] for entry in names]
+    labelled = [entry.split("=", 1) if "=" in entry and not Path(entry).exists() else [None, entry]
+                for entry in names]
     stems = [Path(entry).name for _, entry in labelled]
     models = []
     for (label, name), stem in zip(labelled, stems, strict=True):

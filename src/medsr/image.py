@@ -57,6 +57,8 @@ def pick_value_range(array: np.ndarray, container_max: int, value_range: str | t
     check_value_range(value_range)
     if isinstance(value_range, tuple):
         low, high = float(value_range[0]), float(value_range[1])
+        if container_max > 1 and (low < 0 or high > container_max):  # integers: the container must hold it
+            raise ImageError(f"the range {low:g}..{high:g} does not fit the file's values 0..{container_max}")
         if array.size and (array.min() < low or array.max() > high):
             raise ImageError(f"values {array.min():g}..{array.max():g} fall outside the given range "
                              f"{low:g}..{high:g}")
@@ -210,7 +212,7 @@ def gray_if_equal(pixels: np.ndarray, tolerance: float = 0.0) -> tuple[np.ndarra
     if pixels.shape[0] != 3:
         return pixels, False
     spread = np.ptp(pixels, axis=0).max(initial=0)
-    if spread > tolerance:
+    if spread > tolerance + 1e-6:  # float32 rounding of a difference of exactly ``tolerance``
         return pixels, False
     gray = pixels[:1] if spread == 0 else pixels.mean(axis=0, keepdims=True, dtype=np.float32)
     return np.ascontiguousarray(gray), True
@@ -223,7 +225,8 @@ def quantize(values: np.ndarray, max_value: float, min_value: float = 0, dtype: 
     scaled = np.multiply(values, max_value - min_value, dtype=np.float32)
     np.rint(scaled, out=scaled)  # in place: outputs of 100+ megapixels are common at x4
     scaled += min_value
-    np.clip(scaled, min_value, max_value, out=scaled)
+    limits = np.iinfo(dtype)  # never wrap around the integer type, whatever the range says
+    np.clip(scaled, max(min_value, limits.min), min(max_value, limits.max), out=scaled)
     return scaled.astype(dtype)
 
 

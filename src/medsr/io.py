@@ -11,11 +11,13 @@ also recognised by their content when they have no suffix (see ``medsr.dicom``).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,9 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
 from medsr import dicom
-from medsr.image import Image, ImageError, ReadOptions, check_pixels, single_frame
+from medsr.image import Image, ImageError, ReadOptions, check_pixels, pick_value_range, single_frame
 
+log = logging.getLogger(__name__)
 JPEG_GRAY_TOLERANCE = 2  # stored levels: chroma subsampling and rounding leave gray JPEGs not quite equal
 
 
@@ -42,10 +45,10 @@ def _read_pillow(path: Path, options: ReadOptions) -> Image:
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
             check_pixels(path, im.width, im.height, options.max_pixels)
+            tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0  # the transposed copy has no format
             im = ImageOps.exif_transpose(im)  # as viewers show it; the output is written upright, untagged
             meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
             mode = im.mode
-            tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0
             if mode.startswith("I;16") or mode == "I":
                 array = np.asarray(im)
                 if array.min() < 0 or array.max() > 65535:
@@ -131,32 +134,35 @@ def _read_tiff(path: Path, options: ReadOptions) -> Image:
 
 
 def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
-    """Every page of a TIFF as its own 2D gray or RGB(A) image (a stack is never read as colour)."""
+    """Every page of a TIFF as its own 2D gray or RGB(A) image (a stack is never read as colour),
+    all with one value range: the slices of a stack must reach the network alike."""
     with tifffile.TiffFile(path) as tif:
-        pages = list(tif.pages)
+        pages = [page for page in tif.pages if not page.is_reduced]
+        if len(pages) < len(tif.pages):
+            log.info("%s: %d reduced-resolution page(s) (thumbnails) left out", path, len(tif.pages) - len(pages))
         for page in pages:
             check_pixels(path, page.imagewidth, page.imagelength, options.max_pixels)
         total = sum(page.imagewidth * page.imagelength for page in pages)
         if total > options.max_pixels:
             raise ImageError(f"{path}: {len(pages)} pages of {total:,} pixels in all exceed the limit of "
                              f"{options.max_pixels:,} (raise it with max_pixels)")
-        return [_tiff_page(page, path, options, len(pages)) for page in pages]
+        arrays = [_tiff_page(page, path, len(pages)) for page in pages]
+        container = int(np.iinfo(pages[0].dtype).max)
+        declared = _tiff_declared_max(pages[0], container)
+    colour = [a[..., :-1] if a.ndim == 3 and a.shape[2] in (2, 4) else a for a in arrays]  # alpha aside
+    extremes = np.array([min(c.min() for c in colour), max(c.max() for c in colour)], dtype=arrays[0].dtype)
+    low, high, reason = pick_value_range(extremes, container, options.value_range, declared)
+    return [replace(Image.from_integers(a, container, value_range=(low, high)), range_reason=reason) for a in arrays]
 
 
-def _tiff_page(page, path: Path, options: ReadOptions, count: int) -> Image:
+def _tiff_page(page, path: Path, count: int) -> np.ndarray:
     where = f"{path}: page {page.index + 1} of {count}" if count > 1 else str(path)
-    if page.is_reduced:
-        raise ImageError(f"{where} is a reduced-resolution copy (a pyramid); such TIFFs are unsupported")
     if page.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{where}: TIFF sample type {page.dtype} is unsupported (need uint8 or uint16)")
     if page.axes not in ("YX", "YXS", "SYX") or page.samplesperpixel not in (1, 2, 3, 4):
         raise ImageError(f"{where}: TIFF page of shape {page.shape} (axes {page.axes}) is not a 2D gray/RGB(A) image")
     array = page.asarray()
-    if page.axes == "SYX":  # planar colour
-        array = np.moveaxis(array, 0, 2)
-    container = int(np.iinfo(page.dtype).max)
-    return Image.from_integers(array, container, value_range=options.value_range,
-                               declared=_tiff_declared_max(page, container))
+    return np.moveaxis(array, 0, 2) if page.axes == "SYX" else array  # planar colour to (H, W, C)
 
 
 def _tiff_declared_max(page, container_max: int) -> tuple[int, str] | None:
@@ -236,23 +242,24 @@ def reader_for(path: Path) -> Callable[[Path, ReadOptions], Image] | None:
     return reader
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels (the first
-    frame of a stack). Raises ImageError naming the file when the header cannot be read."""
+def image_size(path: str | Path) -> tuple[int, int, int]:
+    """(height, width, frames) of an image file from its header, without decoding the pixels
+    (the first frame's size for a stack). Raises ImageError naming the file when the header cannot
+    be read."""
     path = Path(path)
     try:
         if reader_for(path) is dicom.read_dicom:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return int(ds.Rows), int(ds.Columns)
+            return int(ds.Rows), int(ds.Columns), dicom.frame_count(ds)
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
+                pages = [page for page in tif.pages if not page.is_reduced]
+                return int(pages[0].imagelength), int(pages[0].imagewidth), len(pages)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
             with _pillow_pixel_limit(2**62), PILImage.open(path) as im:
                 width, height = im.size
-                return height, width
+                return height, width, 1
     except Exception as exc:
         raise ImageError(f"{path}: cannot read the image header ({type(exc).__name__}: {exc})") from None
 

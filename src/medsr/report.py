@@ -153,8 +153,12 @@ def dial_points(summary: dict[str, dict[str, float]], metric: str) -> dict[str, 
     points: dict[str, list[tuple[float, float]]] = {}
     for label, row in summary.items():
         name, at, fidelity = label.rpartition("@")
-        if at and math.isfinite(row.get(metric, math.nan)):
-            points.setdefault(name, []).append((float(fidelity), row[metric]))
+        try:
+            value = float(fidelity) if at else math.nan
+        except ValueError:  # an @ in a label or path, not a fidelity
+            continue
+        if 0 <= value <= 1 and math.isfinite(row.get(metric, math.nan)):
+            points.setdefault(name, []).append((value, row[metric]))
     return {name: sorted(values) for name, values in points.items() if len(values) > 1}
 
 

@@ -420,6 +420,8 @@ def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
             logs, lq, sr = train_step(run)
         except ImageError as exc:  # a file changed or broke during the run: keep what is done
             run.iteration -= 1
+            if run.world_size > 1:  # the other ranks would wait for this one in the save: all stop
+                raise
             save(run)
             raise ImageError(f"{exc}; stopped with iteration {run.iteration} saved: fix or remove the file "
                              "and resume") from None

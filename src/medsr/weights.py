@@ -274,10 +274,23 @@ def _sidecar(target: Path) -> Path:
 
 
 def _cache_intact(target: Path) -> bool:
-    """The cached file matches its sidecar; a damaged one (bit flips, a partial copy) is removed."""
+    """The cached file matches its sidecar; a damaged one (bit flips, a partial copy) is removed.
+
+    A file without a sidecar (cached by an older medsr, or whose sidecar another process is about
+    to write) is checked by loading it, then given its sidecar."""
     sidecar = _sidecar(target)
-    expected = sidecar.read_text().strip() if sidecar.is_file() else None
-    if expected == files.sha256(target):
+    digest = files.sha256(target)
+    if not sidecar.is_file():
+        try:
+            load_generator(target)
+        except WeightsError:
+            expected = None
+        else:
+            files.write_atomic(sidecar, (digest + "\n").encode())
+            return True
+    else:
+        expected = sidecar.read_text().strip()
+    if expected == digest:
         return True
     log.warning("%s does not match its recorded SHA-256 (%s); deriving it again", target,
                 "no record" if expected is None else expected[:12])
