@@ -53,3 +53,17 @@ def test_cli_writes_maps_and_scores(tmp_path, tiny_net, capsys):
     assert code == 0 and "detail" in out and "consistency" in out
     assert read_image(tmp_path / "out" / "a.png.detail.png").size == (64, 48)
     assert read_image(tmp_path / "out" / "a.png.consistency.png").size == (16, 12)
+
+
+def test_dial_figure_script(tmp_path, tiny_pair, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    PILImage.fromarray(random_image(16, 16, 3)).save(tmp_path / "lr.png")
+    script = Path(__file__).resolve().parents[1] / "examples" / "make_dial_figure.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "lr.png"), "--model", "retina",
+                                      "-o", str(tmp_path / "dial.jpg")])
+    runpy.run_path(str(script), run_name="__main__")  # in this process, where the tiny pair stands in
+    with PILImage.open(tmp_path / "dial.jpg") as figure:
+        assert figure.size == (3 * 320, 24 + 2 * 320)
