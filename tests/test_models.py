@@ -15,7 +15,7 @@ from medsr.upscale import model_for
 from .conftest import random_image
 
 
-@pytest.mark.parametrize("name", ["retina", "cxr"])
+@pytest.mark.parametrize("name", ["retina", "cxr", "retina-fidelity", "cxr-fidelity"])
 def test_packaged_models_load_strictly_in_fp16(name):
     path, spec = weights.resolve(name)
     assert path.parent == weights.PACKAGED_DIR and spec.packaged == f"{name}.safetensors"
@@ -62,3 +62,12 @@ def test_fidelity_dial_blends_weights_and_reproduces_both_ends(tiny_pair):
         weights.load_model("realesrgan-x4plus", fidelity=0.5)
     with pytest.raises(weights.WeightsError, match="must be within 0..1"):
         weights.load_model("retina", fidelity=1.5)
+
+
+def test_the_shipped_dial_reproduces_both_models_exactly():
+    import torch
+
+    for modality in ("retina", "cxr"):
+        for fidelity, name in ((0, modality), (1, f"{modality}-fidelity")):
+            blended, alone = weights.load_model(modality, fidelity=fidelity), weights.load_model(name)
+            assert all(torch.equal(v, alone.state_dict()[k]) for k, v in blended.state_dict().items())

@@ -67,12 +67,28 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         packaged="retina.safetensors",
         sha256="0c97232f9b40bfe53ad99ad6254bc5a3e5ccdf4f1a97cf91ee84773a6e5598b7",
     ),
+    "retina-fidelity": ModelSpec(
+        name="retina-fidelity",
+        preset="x4plus",
+        description="medsr retina fidelity model: x4plus fine-tuned with the pixel loss only (docs/models/"
+                    "retina-fidelity.md), x4",
+        packaged="retina-fidelity.safetensors",
+        sha256="c5c3197dd79bd03ef7296c9ca433c6971d17a04ff48a16b02d063f42a583bebb",
+    ),
     "cxr": ModelSpec(
         name="cxr",
         preset="x4plus",
         description="medsr chest X-ray model: x4plus fine-tuned on NIH ChestX-ray14 (docs/models/cxr.md), x4",
         packaged="cxr.safetensors",
         sha256="e4dbee23afc08450da2d9d03a63ebd46ea5579d975528a058cb3df562b19b5de",
+    ),
+    "cxr-fidelity": ModelSpec(
+        name="cxr-fidelity",
+        preset="x4plus",
+        description="medsr chest X-ray fidelity model: x4plus fine-tuned with the pixel loss only (docs/models/"
+                    "cxr-fidelity.md), x4",
+        packaged="cxr-fidelity.safetensors",
+        sha256="6e294f5678326ab470759f0ca0c472336f2c8e8f47cf109111435a016f6bd41b",
     ),
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
