@@ -29,10 +29,10 @@ demo: setup
 	$(BIN)/medsr upscale examples -o out/demo/general --model realesrgan-x4plus --overwrite
 	$(BIN)/medsr upscale examples -o out/demo/medical --overwrite
 	$(BIN)/python examples/make_figure.py examples/fundus_hrf_01_h_lr.png out/demo/general/fundus_hrf_01_h_lr.png \
-		out/demo/medical/fundus_hrf_01_h_lr.png --labels "Real-ESRGAN x4plus,medsr retina" \
+		out/demo/medical/fundus_hrf_01_h_lr.png --labels "Real-ESRGAN x4plus,medsr retina-fidelity" \
 		--box 80,40,48,48 -o out/demo/comparison-fundus.png
 	$(BIN)/python examples/make_figure.py examples/cxr_00000404_000_lr.png out/demo/general/cxr_00000404_000_lr.png \
-		out/demo/medical/cxr_00000404_000_lr.png --labels "Real-ESRGAN x4plus,medsr cxr" \
+		out/demo/medical/cxr_00000404_000_lr.png --labels "Real-ESRGAN x4plus,medsr cxr-fidelity" \
 		--box 60,40,64,64 -o out/demo/comparison-cxr.png
 
 bench: setup

@@ -21,7 +21,7 @@ from medsr.weights import load_model
 DEFAULT_MODEL = "auto"
 
 
-DEFAULT_FIDELITY: float | None = None  # what "auto" blends when no fidelity is given
+DEFAULT_FIDELITY: float | None = 1.0  # "auto" without a fidelity: the fidelity model (docs/models/*-fidelity.md)
 
 
 def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float | None = None
