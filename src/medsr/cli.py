@@ -280,7 +280,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     summary = ev.summarise(results)
     names = [m.name for m in models]
     reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
-    statistics = stats.statistics(ev.per_image(results), reference)
+    models_only = {m: rows for m, rows in ev.per_image(results).items() if m != "ground truth"}
+    statistics = stats.statistics(models_only, reference)
     region = tuple(int(v) for v in args.region.split(",")) if args.region else None
     settings = {
         "protocol": protocol.name, "data": ", ".join(map(str, args.data)), "images": len(results),
