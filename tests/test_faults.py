@@ -301,7 +301,8 @@ def test_kill_9_during_training_then_resume_continues_exactly(train_dir, tmp_pat
     import subprocess
     import time
 
-    sets = sum((["--set", s] for s in (*TINY, "run.iterations=8", "run.save_every=1")), [])
+    # 20 saves: 19 chances to catch one half written; polling every 2 ms catches one in practice.
+    sets = sum((["--set", s] for s in (*TINY, "run.iterations=20", "run.save_every=1")), [])
     straight = tmp_path / "straight"
     subprocess.run(_medsr("finetune", "-o", str(straight), "--data", str(train_dir), *sets), check=True,
                    capture_output=True, timeout=300)
@@ -310,16 +311,18 @@ def test_kill_9_during_training_then_resume_continues_exactly(train_dir, tmp_pat
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     # Wait until a save after the first is under way: a checkpoint exists and the next is half written.
-    while time.time() < deadline and not ((killed / "latest.pth").exists() and list(killed.glob(".latest.pth.*.part"))):
+    while time.time() < deadline and process.poll() is None and not (
+            (killed / "latest.pth").exists() and list(killed.glob(".latest.pth.*.part"))):
         time.sleep(0.002)
+    assert process.poll() is None, "the run finished before a save could be caught; nothing was tested"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert (killed / "latest.pth").exists()
     iteration = checkpoint.load(killed / "latest.pth")["iteration"]
-    assert iteration < 8  # killed before the end
+    assert iteration < 20  # killed before the end
     subprocess.run(_medsr("finetune", "-o", str(killed), "--resume"), check=True, capture_output=True, timeout=300)
     a, b = checkpoint.load(straight / "latest.pth"), checkpoint.load(killed / "latest.pth")
-    assert b["iteration"] == 8
+    assert b["iteration"] == 20
     assert all(torch.equal(a["net_g_ema"][k], b["net_g_ema"][k]) for k in a["net_g_ema"])
     assert not list(killed.glob(".*.part"))  # the killed run's half-written file was cleaned up
 

@@ -31,7 +31,6 @@ def write_atomic(path: str | Path, data: bytes | Callable[[Path], None]) -> None
             tmp.write_bytes(data)
         os.replace(tmp, path)
     except Exception as exc:  # writers report a full disk in their own ways (torch.save: RuntimeError)
-        tmp.unlink(missing_ok=True)
         kept = " (the previous file is kept)" if path.exists() else ""
         reason = getattr(exc, "strerror", None) or (
             "No space left on device" if _nearly_full(path.parent) else f"{type(exc).__name__}: {exc}")

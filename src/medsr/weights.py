@@ -409,20 +409,23 @@ def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | Non
     """
     if fidelity is not None:
         return _blend(str(model), fidelity)
-    path, spec = resolve(model)
+    spec = KNOWN_MODELS.get(ALIASES.get(str(model).lower(), str(model)))
     if spec is None:
-        return load_generator(path)
+        return load_generator(resolve(model)[0])
+    location = PACKAGED_DIR / spec.packaged if spec.packaged else cached_path(spec)
     net = rrdbnet(spec.preset)
-    net.load_state_dict(_known_state(spec.name, path), strict=True)
+    net.load_state_dict(_known_state(spec.name, location), strict=True)
     net.name = spec.name
     return net.eval()
 
 
 @functools.lru_cache(maxsize=8)
-def _known_state(name: str, path: Path) -> dict[str, torch.Tensor]:
+def _known_state(name: str, location: Path) -> dict[str, torch.Tensor]:
     """A known model's verified weights, read once per process; each load_model call builds its
-    own module from them (a caller may change its network without changing anyone else's)."""
-    return load_generator(path, preset=KNOWN_MODELS[name].preset).state_dict()
+    own module from them (a caller may change its network without changing anyone else's). The
+    file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
+    path, spec = resolve(name)
+    return load_generator(path, preset=spec.preset).state_dict()
 
 
 def _blend(modality: str, fidelity: float) -> RRDBNet:
