@@ -26,27 +26,23 @@ DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
 class IdentityNet(nn.Module):
-    """Scale 1 through the engine's trunk/head split: unshuffle by 4, then shuffle back."""
-
-    scale, unshuffle, num_in_ch, name = 1, 4, 3, "identity"
-
-    def trunk(self, x):
-        return F.pixel_unshuffle(x, 4)
-
-    def head(self, feat):
-        return F.pixel_shuffle(feat, 4)
-
-
-class NearestNet(IdentityNet):
-    """x4 by pixel repetition: stored values must come out repeated exactly."""
-
-    scale, unshuffle, name = 4, 1, "nearest-x4"
-
-    def trunk(self, x):
+    def forward(self, x):
         return x
 
-    def head(self, feat):
-        return F.interpolate(feat, scale_factor=4, mode="nearest")
+
+class NearestNet(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=4, mode="nearest")
+
+
+def identity_model():
+    """Scale 1: stored values must come out unchanged."""
+    return medsr.SRModel(module=IdentityNet(), scale=1, name="identity")
+
+
+def nearest_model():
+    """x4 by pixel repetition: stored values must come out repeated exactly."""
+    return medsr.SRModel(module=NearestNet(), scale=4, name="nearest-x4")
 
 
 def make_dicom(path, stored: np.ndarray, *, photometric="MONOCHROME1", bits_stored=12, **elements):
@@ -94,7 +90,7 @@ def test_12bit_monochrome1_reads_as_displayed(cxr12):
 
 def test_identity_round_trip_keeps_stored_values_and_metadata(cxr12, tmp_path):
     path, stored = cxr12
-    _, out = upscale_to(path, tmp_path / "out.dcm", IdentityNet())
+    _, out = upscale_to(path, tmp_path / "out.dcm", identity_model())
     original = pydicom.dcmread(path)
     np.testing.assert_array_equal(out.pixel_array, stored)
     assert out.PhotometricInterpretation == "MONOCHROME1" and out.BitsStored == 12 and out.BitsAllocated == 16
@@ -108,7 +104,7 @@ def test_identity_round_trip_keeps_stored_values_and_metadata(cxr12, tmp_path):
 
 def test_x4_updates_size_spacing_and_derivation(cxr12, tmp_path):
     path, stored = cxr12
-    sr, out = upscale_to(path, tmp_path / "out.dcm", NearestNet())
+    sr, out = upscale_to(path, tmp_path / "out.dcm", nearest_model())
     assert (out.Rows, out.Columns) == (256, 256)
     np.testing.assert_array_equal(out.pixel_array, np.kron(stored, np.ones((4, 4), np.uint16)))
     assert [float(v) for v in out.PixelSpacing] == pytest.approx([0.05, 0.0625])
@@ -122,8 +118,8 @@ def test_x4_updates_size_spacing_and_derivation(cxr12, tmp_path):
 
 def test_one_input_series_gives_one_output_series(cxr12, tmp_path):
     path, _ = cxr12
-    _, first = upscale_to(path, tmp_path / "a.dcm", NearestNet())
-    _, second = upscale_to(path, tmp_path / "b.dcm", NearestNet())
+    _, first = upscale_to(path, tmp_path / "a.dcm", nearest_model())
+    _, second = upscale_to(path, tmp_path / "b.dcm", nearest_model())
     assert first.SeriesInstanceUID == second.SeriesInstanceUID
     assert first.SOPInstanceUID != second.SOPInstanceUID
 
@@ -139,14 +135,14 @@ def test_upscaled_dicom_pixels_match_medsr_output(cxr12, tmp_path, tiny_net):
 def test_signed_data_round_trips(tmp_path, bits, low, high):
     stored = np.linspace(low, high, 32 * 32).round().astype(np.int16).reshape(32, 32)
     make_dicom(tmp_path / "s.dcm", stored, photometric="MONOCHROME2", bits_stored=bits)
-    _, out = upscale_to(tmp_path / "s.dcm", tmp_path / "o.dcm", IdentityNet())
+    _, out = upscale_to(tmp_path / "s.dcm", tmp_path / "o.dcm", identity_model())
     assert out.PixelRepresentation == 1
     np.testing.assert_array_equal(out.pixel_array, stored)
 
 
 def test_pydicom_ct_with_rescale_round_trips(tmp_path):
     path = get_testdata_file("CT_small.dcm")  # signed 16-bit CT with RescaleIntercept
-    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    _, out = upscale_to(path, tmp_path / "o.dcm", identity_model())
     original = pydicom.dcmread(path)
     np.testing.assert_array_equal(out.pixel_array, original.pixel_array)
     assert out.RescaleIntercept == original.RescaleIntercept
@@ -154,7 +150,7 @@ def test_pydicom_ct_with_rescale_round_trips(tmp_path):
 
 def test_big_endian_input_is_written_little_endian(tmp_path):
     path = get_testdata_file("MR_small_bigendian.dcm")
-    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    _, out = upscale_to(path, tmp_path / "o.dcm", identity_model())
     np.testing.assert_array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
@@ -210,7 +206,7 @@ def test_stored_range_inverse_is_exact_for_every_16bit_value():
 def test_compressed_file_with_its_decoder(tmp_path):
     path = get_testdata_file("JPEG2000.dcm")  # decoded by Pillow's OpenJPEG
     decoded = pydicom.dcmread(path).pixel_array
-    _, out = upscale_to(path, tmp_path / "o.dcm", IdentityNet())
+    _, out = upscale_to(path, tmp_path / "o.dcm", identity_model())
     np.testing.assert_array_equal(out.pixel_array, decoded)
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 

@@ -22,8 +22,10 @@ def test_packaged_models_load_strictly_in_fp16(name):
     with open(path, "rb") as f:  # safetensors header: 8-byte length, then JSON with each tensor's dtype
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}
-    net = weights.load_model(name)
-    assert net.name == name and sum(p.numel() for p in net.parameters()) == 16_697_987
+    model = weights.load_model(name)
+    assert model.name == name and sum(p.numel() for p in model.module.parameters()) == 16_697_987
+    assert (model.architecture, model.scale, model.in_channels, model.size_multiple) == ("RRDBNet", 4, 3, 1)
+    assert model.sources == ((path, spec.sha256),)  # the file and the digest recorded in weights.py
 
 
 def test_auto_picks_the_model_by_image_kind():
@@ -48,12 +50,12 @@ def test_fidelity_dial_blends_weights_and_reproduces_both_ends(tiny_pair):
 
     sharp, faithful = tiny_pair["retina"], tiny_pair["retina-fidelity"]
     for fidelity, expected in ((0, sharp), (1, faithful)):
-        state = weights.load_model("retina", fidelity=fidelity).state_dict()
+        state = weights.load_model("retina", fidelity=fidelity).module.state_dict()
         assert all(torch.equal(state[k], expected[k]) for k in expected)  # exactly, not a rounded blend
     half = weights.load_model("retina", fidelity=0.5)
-    assert half.name == "retina (fidelity 0.5)"
+    assert half.name == "retina (fidelity 0.5)" and len(half.sources) == 2  # both files blended
     for key in ("conv_first.weight", "conv_last.bias"):
-        torch.testing.assert_close(half.state_dict()[key], (sharp[key] + faithful[key]) / 2)
+        torch.testing.assert_close(half.module.state_dict()[key], (sharp[key] + faithful[key]) / 2)
     colour = random_image(8, 8, 3)
     a = medsr.upscale(colour, model="auto", fidelity=0.5)
     b = medsr.upscale(colour, model=half)
@@ -70,4 +72,5 @@ def test_the_shipped_dial_reproduces_both_models_exactly():
     for modality in ("retina", "cxr"):
         for fidelity, name in ((0, modality), (1, f"{modality}-fidelity")):
             blended, alone = weights.load_model(modality, fidelity=fidelity), weights.load_model(name)
-            assert all(torch.equal(v, alone.state_dict()[k]) for k, v in blended.state_dict().items())
+            expected = alone.module.state_dict()
+            assert all(torch.equal(v, expected[k]) for k, v in blended.module.state_dict().items())

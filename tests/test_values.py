@@ -22,7 +22,7 @@ from medsr.nets.rrdbnet import rrdbnet
 from medsr.upscale import model_for
 
 from .conftest import random_image, shared_image
-from .test_dicom import NearestNet, make_dicom
+from .test_dicom import make_dicom, nearest_model
 
 
 @pytest.fixture
@@ -102,15 +102,15 @@ def test_arrays_12bit_and_floats():
     # Pixel repetition as the "model": values must come back exactly, in the array's own range.
     array12 = (random_image(12, 10, 1, np.uint8).squeeze().astype(np.uint16) * 16)
     assert Image.from_array(array12).value_range == (0, 4095)
-    sr = medsr.upscale(array12, model=NearestNet())
+    sr = medsr.upscale(array12, model=nearest_model())
     assert sr.dtype == np.uint16 and np.array_equal(sr[::4, ::4], array12)
     hu = np.linspace(-1000, 3000, 120, dtype=np.float32).reshape(12, 10)
     with pytest.raises(ImageError, match=r"float array with values -1000..3000: .* value_range"):
-        medsr.upscale(hu, model=NearestNet())
-    sr = medsr.upscale(hu, model=NearestNet(), value_range=(-1000, 3000))
+        medsr.upscale(hu, model=nearest_model())
+    sr = medsr.upscale(hu, model=nearest_model(), value_range=(-1000, 3000))
     assert sr.dtype == np.float32 and np.allclose(sr[::4, ::4], hu, atol=1e-3)
     with pytest.raises(ImageError, match="NaN"):
-        medsr.upscale(np.full((4, 4), np.nan, np.float32), model=NearestNet())
+        medsr.upscale(np.full((4, 4), np.nan, np.float32), model=nearest_model())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_three_page_gray_tiff_is_three_gray_frames(tmp_path, capsys):
     assert code == 1  # a wrong model name stops before anything is written
     capsys.readouterr()
     plan = medsr.plan_outputs([tmp_path / "stack.tif"], tmp_path / "o.tif")
-    [result] = medsr.upscale_files(plan, model=NearestNet())
+    [result] = medsr.upscale_files(plan, model=nearest_model())
     assert result.ok and result.frames == 3
     with tifffile.TiffFile(tmp_path / "o.tif") as tif:
         assert len(tif.pages) == 3
@@ -294,7 +294,7 @@ def test_multi_frame_dicom_round_trips_frame_by_frame(tmp_path):
     stored = np.stack([random_image(8, 8, 1, np.uint16, seed=s).squeeze() >> 4 for s in range(4)])
     make_dicom(tmp_path / "mf.dcm", stored, photometric="MONOCHROME2")
     plan = medsr.plan_outputs([tmp_path / "mf.dcm"], tmp_path / "out.dcm")
-    [result] = medsr.upscale_files(plan, model=NearestNet())
+    [result] = medsr.upscale_files(plan, model=nearest_model())
     assert result.ok and result.frames == 4
     ds = dcmread(tmp_path / "out.dcm")
     assert int(ds.NumberOfFrames) == 4 and (ds.Rows, ds.Columns) == (32, 32)
@@ -343,6 +343,6 @@ def test_palette_dicom_is_written_back_as_rgb(tmp_path):
 
     image = read_image(get_testdata_file("examples_palette.dcm"))
     assert not image.is_gray
-    write_image(tmp_path / "p.dcm", medsr.upscale(image, model=NearestNet()))
+    write_image(tmp_path / "p.dcm", medsr.upscale(image, model=nearest_model()))
     out = dcmread(tmp_path / "p.dcm")
     assert out.PhotometricInterpretation == "RGB" and "RedPaletteColorLookupTableData" not in out

@@ -3,8 +3,8 @@
 Public API::
 
     import medsr
-    net = medsr.load_model("realesrgan-x4plus")
-    sr = medsr.upscale("scan.png", model=net, outscale=2)
+    model = medsr.load_model("realesrgan-x4plus")      # an SRModel: name, scale, ..., module
+    sr = medsr.upscale("scan.png", model=model, outscale=2)
     medsr.write_image("scan_x2.png", sr)
 
     plan = medsr.plan_outputs(["cxr_folder/"], "cxr_x2/")   # a folder job, one result per file
@@ -16,6 +16,7 @@ import logging
 
 from medsr.batch import FileResult, Plan, plan_outputs, upscale_files
 from medsr.io import Image, ImageError, read_frames, read_image, write_frames, write_image
+from medsr.model import SRModel
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
 from medsr.upscale import upscale
 from medsr.weights import WeightsError, load_model
@@ -27,6 +28,7 @@ __all__ = [
     "Image",
     "ImageError",
     "RRDBNet",
+    "SRModel",
     "WeightsError",
     "Plan",
     "load_model",

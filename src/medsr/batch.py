@@ -21,6 +21,7 @@ from medsr import dicom, weights
 from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
+from medsr.model import SRModel, as_model
 from medsr.upscale import DEFAULT_MODEL, model_for, upscale
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def describe_values(image: Image) -> str:
 def upscale_files(
     plan: Plan,
     *,
-    model: str | Path | torch.nn.Module = DEFAULT_MODEL,
+    model: str | Path | SRModel | torch.nn.Module = DEFAULT_MODEL,
     outscale: float | None = None,
     tile: int | None = None,
     device: str | torch.device = "auto",
@@ -183,7 +184,7 @@ def upscale_files(
     options = options or ReadOptions()
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
-    nets: dict[tuple[str, float | None], torch.nn.Module] = {}
+    loaded: dict[tuple[str, float | None], SRModel] = {}
     for source, target in plan.pairs:
         if target.exists() and not overwrite:
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
@@ -193,19 +194,20 @@ def upscale_files(
                 raise ImageError(f"{source}: a window applies to DICOM files only; use value_range for others")
             frames = read_frames(source, options)
             check_writable(target, frames)  # before the model runs, not after
-            net = model if isinstance(model, torch.nn.Module) else None
-            if net is None:
+            if isinstance(model, SRModel | torch.nn.Module):
+                chosen = as_model(model)
+            else:
                 key = model_for(frames[0], model, fidelity)
-                if key not in nets:
-                    nets[key] = weights.load_model(key[0], fidelity=key[1])
-                net = nets[key]
+                if key not in loaded:
+                    loaded[key] = weights.load_model(key[0], fidelity=key[1])
+                chosen = loaded[key]
             outputs = []
             for index, frame in enumerate(frames):
                 def tiles(done: int, total: int, index: int = index, source: Path = source,
                           count: int = len(frames)) -> None:
                     if progress:
                         progress(source, index * total + done, count * total)
-                outputs.append(upscale(frame, model=net, outscale=outscale, tile=tile, device=device,
+                outputs.append(upscale(frame, model=chosen, outscale=outscale, tile=tile, device=device,
                                        precision=precision, progress=tiles))
             write_frames(target, outputs, overwrite=overwrite)
             scores = _write_maps(target, frames, outputs, overwrite) if maps else (None, None)
@@ -216,9 +218,8 @@ def upscale_files(
             log.warning(message)
             yield FileResult(source=source, error=message)
             continue
-        name = getattr(net, "name", type(net).__name__)
-        log.info("%s -> %s (%s)", source, target, name)
-        yield FileResult(source=source, target=target, model=name, values=describe_values(frames[0]),
+        log.info("%s -> %s (%s)", source, target, chosen.name)
+        yield FileResult(source=source, target=target, model=chosen.name, values=describe_values(frames[0]),
                          frames=len(frames), detail=scores[0], consistency=scores[1])
 
 

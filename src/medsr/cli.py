@@ -328,15 +328,17 @@ def run_weights(args: argparse.Namespace) -> int:
                 raise weights.WeightsError(f"{args.model}: not a known model ({', '.join(weights.KNOWN_MODELS)})")
             print(weights.fetch(weights.KNOWN_MODELS[args.model]))
             return 0
-        path, spec = weights.resolve(args.model)
-        net = weights.load_generator(path, preset=spec.preset if spec else None)
+        model = weights.load_model(args.model)
     except weights.WeightsError as exc:
         _error(str(exc))
         return 1
-    params = sum(p.numel() for p in net.parameters())
-    print(f"file:       {path}\nsize:       {path.stat().st_size:,} bytes")
-    print(f"network:    RRDBNet x{net.scale}, {len(net.body)} blocks, {net.conv_first.out_channels} features")
-    print(f"parameters: {params:,} in {len(net.state_dict())} tensors")
+    net = model.module
+    for path, digest in model.sources:
+        print(f"file:       {path}\nsize:       {path.stat().st_size:,} bytes\nSHA-256:    {digest}")
+    shape = f", {len(net.body)} blocks, {net.conv_first.out_channels} features" if model.exact_tiles else ""
+    print(f"network:    {model.architecture} x{model.scale}{shape}; {model.in_channels} channels; "
+          f"runs in {', '.join(model.precisions)}")
+    print(f"parameters: {sum(p.numel() for p in net.parameters()):,} in {len(net.state_dict())} tensors")
     return 0
 
 

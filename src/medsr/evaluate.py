@@ -18,12 +18,11 @@ import torch
 from PIL import Image as PILImage
 
 from medsr import metrics
-from medsr.files import sha256
 from medsr.image import Image, ImageError, quantize
 from medsr.io import read_image, reader_for
 from medsr.kernels import gaussian_blur
 from medsr.upscale import resize_lanczos, upscale
-from medsr.weights import load_model, resolve
+from medsr.weights import load_model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,19 +187,16 @@ def _build_model(name: str, *, tile: int | None, device: str) -> Model:
         return Model(name, lambda lr, size: resize_bicubic(lr, size, size))
     if name == "lanczos":
         return Model(name, lambda lr, size: resize_lanczos(lr, size, size))
-    model, fidelity = parse_model_entry(name)
-    net = load_model(model, fidelity=fidelity)
+    entry, fidelity = parse_model_entry(name)
+    model = load_model(entry, fidelity=fidelity)
 
     def run(lr: np.ndarray, size: int) -> np.ndarray:
-        return upscale(Image(pixels=lr), model=net, outscale=size / lr.shape[1], tile=tile, device=device).pixels
+        return upscale(Image(pixels=lr), model=model, outscale=size / lr.shape[1], tile=tile, device=device).pixels
 
-    base = model.removesuffix("-fidelity")
-    parts = {None: [model], 0: [base], 1: [f"{base}-fidelity"]}.get(fidelity, [base, f"{base}-fidelity"])
-    files = [resolve(part)[0] for part in parts]
-    source = "; ".join(f"{path} (SHA-256 {sha256(path)})" for path in files)
+    source = "; ".join(f"{path} (SHA-256 {digest})" for path, digest in model.sources)
     # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
     # or the file name of a checkpoint
-    return Model(name if fidelity is not None else net.name, run, source=source)
+    return Model(name if fidelity is not None else model.name, run, source=source)
 
 
 # ---------------------------------------------------------------------------------------------

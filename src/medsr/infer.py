@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # benchmarks/bench_memory.py and rounded up.
 TRUNK_BYTES_PER_PIXEL = 4 * 1024
 HEAD_BYTES_PER_PIXEL = 16 * 1024
+# Other architectures: their activations are not known in advance; a guess per LR pixel of a tile
+# (the tile argument overrides it).
+GENERIC_BYTES_PER_PIXEL = 32 * 1024
 HEAD_CONTEXT = 2  # feature pixels: the head's reach (four 3x3 convs at x2 and x4) is under 2
 DEFAULT_CONTEXT = 64  # LR pixels of extra trunk input on each inner tile side
 DEFAULT_OVERLAP = 32  # LR pixels over which neighbouring trunk tiles are blended
@@ -68,14 +72,19 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_precision(precision: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU by default; bf16 (or fp16 where bf16 is missing) on CUDA."""
+def pick_precision(precision: str, device: torch.device, model: SRModel | None = None) -> torch.dtype:
+    """fp32 on CPU by default; bf16 (or fp16 where bf16 is missing) on CUDA, where the model runs in it."""
+    runs_in = model.precisions if model is not None else tuple(PRECISIONS)
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return PRECISIONS[wanted if wanted in runs_in else "fp32"]
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
+    if precision not in runs_in:
+        raise ValueError(f"model {model.name} ({model.architecture}) does not run in {precision}; "
+                         f"it runs in {', '.join(runs_in)}")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 inference is not supported on CPU; use fp32 or bf16")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
@@ -108,6 +117,12 @@ def memory_budget(device: torch.device) -> int:
     return min(max(available // 4, low), high)
 
 
+def bytes_per_pixel(model: SRModel) -> int:
+    """Peak fp32 activation memory per LR pixel of a tile: RRDBNet's measured trunk (its head runs in
+    strips), else a guess for an unknown architecture (``GENERIC_BYTES_PER_PIXEL``)."""
+    return TRUNK_BYTES_PER_PIXEL if model.exact_tiles else GENERIC_BYTES_PER_PIXEL
+
+
 def activation_bytes(height: int, width: int, budget: int) -> int:
     """Peak activation memory of an LR image of this size: its trunk and head, or the budget when
     the image is tiled."""
@@ -115,12 +130,13 @@ def activation_bytes(height: int, width: int, budget: int) -> int:
     return min(budget, pixels * (TRUNK_BYTES_PER_PIXEL + HEAD_BYTES_PER_PIXEL))
 
 
-def auto_tile(budget_bytes: int, dtype: torch.dtype = torch.float32, *, context: int = DEFAULT_CONTEXT) -> int:
-    """Largest trunk tile side (LR pixels, context excluded) whose activations fit the budget.
+def auto_tile(budget_bytes: int, dtype: torch.dtype = torch.float32, *, context: int = DEFAULT_CONTEXT,
+              bytes_per_pixel: int = TRUNK_BYTES_PER_PIXEL) -> int:
+    """Largest tile side (LR pixels, context excluded) whose activations fit the budget.
 
-    Sized for x4 models, where a feature pixel is an LR pixel; conservative for x2 and x1.
+    For RRDBNet sized for x4 models, where a feature pixel is an LR pixel; conservative for x2 and x1.
     """
-    per_pixel = TRUNK_BYTES_PER_PIXEL * torch.finfo(dtype).bits // 32
+    per_pixel = bytes_per_pixel * torch.finfo(dtype).bits // 32
     side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * context
     return max(64, side // 8 * 8)
 
@@ -159,7 +175,7 @@ def _head_in_strips(net: RRDBNet, feat: torch.Tensor, rows: tuple[int, int], str
     return torch.cat(outputs, 2)
 
 
-def _prepared(net: RRDBNet, device: torch.device) -> RRDBNet:
+def _prepared(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``net`` on ``device``, channels-last and in eval mode, as it is if it already is; otherwise a
     prepared copy, so that the caller's module (a network in training, say) is never changed."""
     ready = not net.training and all(
@@ -169,8 +185,35 @@ def _prepared(net: RRDBNet, device: torch.device) -> RRDBNet:
     return net if ready else copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval()
 
 
+# A tile runner takes an input patch (1, C, h, w) on the device and the core box (top, bottom, left,
+# right) within it, in cells, and returns the output of the core: (1, C, rows * k, cols * k) on the CPU,
+# where k output pixels per side make a cell.
+TileRunner = Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor]
+
+
+def _rrdbnet_runner(net: RRDBNet, budget: int) -> TileRunner:
+    """The trunk on the whole patch, the head on the core (plus its margin) in strips that fit ``budget``."""
+    def run(patch: torch.Tensor, core: tuple[int, int, int, int]) -> torch.Tensor:
+        top, bottom, left, right = core
+        feat = net.trunk(patch.contiguous(memory_format=torch.channels_last))
+        x0, x1 = max(left - HEAD_CONTEXT, 0), min(right + HEAD_CONTEXT, feat.shape[3])
+        feat = feat[:, :, :, x0:x1]
+        strip = max(1, budget // (HEAD_BYTES_PER_PIXEL * feat.shape[3]))
+        return _head_in_strips(net, feat, (top, bottom), strip)[:, :, :, (left - x0) * 4 : (right - x0) * 4].cpu()
+    return run
+
+
+def _module_runner(module: torch.nn.Module, out_per_cell: int) -> TileRunner:
+    """Any module: the whole patch, then the core cut out."""
+    def run(patch: torch.Tensor, core: tuple[int, int, int, int]) -> torch.Tensor:
+        top, bottom, left, right = core
+        k = out_per_cell
+        return module(patch).float()[:, :, top * k : bottom * k, left * k : right * k].cpu()
+    return run
+
+
 def upscale_tensor(
-    net: RRDBNet,
+    model: SRModel | RRDBNet,
     lq: torch.Tensor,
     *,
     tile: int | None = None,
@@ -181,64 +224,68 @@ def upscale_tensor(
     budget_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Super-resolve ``lq`` with ``net``, tile by tile.
+    """Super-resolve ``lq`` with ``model``, tile by tile.
+
+    Tiles overlap and carry ``context`` pixels on each side that are discarded; in the overlaps the
+    outputs are blended with linear ramps that sum to one. RRDBNet runs its trunk on the tiles and
+    its head in exact strips; other architectures run whole on each tile.
 
     Args:
-        lq: float32, shape (C, H, W), range [0, 1], on the CPU. C = 3, or 1 for gray: the network
-            sees the gray channel replicated, and its three outputs are averaged back to one
-            (equal weights, so no tint and no bias towards a colour).
-        tile: trunk tile side in LR pixels (context excluded); None chooses it from the memory
-            budget; 0 runs the trunk on the whole image.
+        model: an ``SRModel`` (``medsr.load_model``) or an RRDBNet. Its module is not changed.
+        lq: float32, shape (C, H, W), range [0, 1], on the CPU. C = 3, or 1 for gray: an RGB
+            network sees the gray channel replicated, and its three outputs are averaged back to
+            one (equal weights, so no tint and no bias towards a colour).
+        tile: tile side in LR pixels (context excluded); None chooses it from the memory budget;
+            0 runs the whole image at once.
         budget_bytes: memory for activations; default from ``memory_budget``.
         progress: called as ``progress(done, total)`` after each tile.
 
     Returns:
         float32, shape (C, H * scale, W * scale), on the CPU, clamped to [0, 1].
     """
+    model = as_model(model)
     device = pick_device(device)
-    dtype = pick_precision(precision, device)
+    dtype = pick_precision(precision, device, model)
     budget = budget_bytes or memory_budget(device)
     if tile is None:
-        tile = auto_tile(budget, dtype, context=context)
+        tile = auto_tile(budget, dtype, context=context, bytes_per_pixel=bytes_per_pixel(model))
     elif 0 < tile < 2 * context and tile < max(lq.shape[1:]):
         log.warning("tile %d with %d pixels of context on each side: most of the work is context (%.0fx the "
                     "image's); a larger tile, or none, is faster", tile, context, ((tile + 2 * context) / tile) ** 2)
-    net = _prepared(net, device)
-    unshuffle = net.unshuffle  # LR pixels per feature pixel, per side
     channels, height, width = lq.shape
-    # Pixel-unshuffle needs sizes divisible by ``unshuffle``: pad by replication, crop afterwards.
-    pad_h, pad_w = -height % unshuffle, -width % unshuffle
+    if channels != model.in_channels and not (channels == 1 and model.in_channels == 3):
+        raise ValueError(f"model {model.name} takes {model.in_channels} channel(s); the image has {channels}")
+    module = _prepared(model.module, device)
+    cell = model.size_multiple  # LR pixels per side of the grid tiles are cut on
+    out_per_cell = model.scale * cell
+    run = _rrdbnet_runner(module, budget) if isinstance(module, RRDBNet) else _module_runner(module, out_per_cell)
+    # Pad to whole cells (and the model's minimum) by replication; cropped afterwards.
+    pad_h, pad_w = (max(-n % cell, model.min_size - n) for n in (height, width))
     if pad_h or pad_w:
         lq = F.pad(lq[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    # From here on, sizes are in feature pixels; each gives 4 x 4 output pixels.
-    feat_h, feat_w = lq.shape[1] // unshuffle, lq.shape[2] // unshuffle
-    tile_f = feat_h + feat_w if tile <= 0 else max(tile // unshuffle, 8)
-    context_f, overlap_f = math.ceil(context / unshuffle), min(math.ceil(overlap / unshuffle), tile_f // 2)
-    rows, cols = _spans(feat_h, tile_f, overlap_f), _spans(feat_w, tile_f, overlap_f)
-    row_w, col_w = _ramps(rows, feat_h, 4), _ramps(cols, feat_w, 4)
-    out = torch.zeros(channels, feat_h * 4, feat_w * 4)
+    rows_c, cols_c = lq.shape[1] // cell, lq.shape[2] // cell  # sizes in cells from here on
+    tile_c = rows_c + cols_c if tile <= 0 else max(tile // cell, 8, math.ceil(model.min_size / cell))
+    context_c, overlap_c = math.ceil(context / cell), min(math.ceil(overlap / cell), tile_c // 2)
+    rows, cols = _spans(rows_c, tile_c, overlap_c), _spans(cols_c, tile_c, overlap_c)
+    row_w, col_w = _ramps(rows, rows_c, out_per_cell), _ramps(cols, cols_c, out_per_cell)
+    out = torch.zeros(channels, rows_c * out_per_cell, cols_c * out_per_cell)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     done, total = 0, len(rows) * len(cols)
     with torch.inference_mode(), autocast:
         for (top, bottom), wy in zip(rows, row_w, strict=True):
             for (left, right), wx in zip(cols, col_w, strict=True):
-                y0, y1 = max(top - context_f, 0), min(bottom + context_f, feat_h)
-                x0, x1 = max(left - context_f, 0), min(right + context_f, feat_w)
-                patch = lq[None, :, y0 * unshuffle : y1 * unshuffle, x0 * unshuffle : x1 * unshuffle]
-                patch = patch.to(device).expand(-1, net.num_in_ch, -1, -1)
-                feat = net.trunk(patch.contiguous(memory_format=torch.channels_last))
-                # Keep the core plus the head's margin, then upsample in strips that fit the budget.
-                fx0, fx1 = max(left - HEAD_CONTEXT, x0), min(right + HEAD_CONTEXT, x1)
-                feat = feat[:, :, :, fx0 - x0 : fx1 - x0]
-                strip = max(1, budget // (HEAD_BYTES_PER_PIXEL * feat.shape[3]))
-                sr = _head_in_strips(net, feat, (top - y0, bottom - y0), strip)[0]
-                sr = sr[:, :, (left - fx0) * 4 : (right - fx0) * 4]
-                sr = sr.mean(0, keepdim=True).cpu() if channels == 1 else sr.cpu()
-                out[:, top * 4 : bottom * 4, left * 4 : right * 4] += sr * wy[:, None] * wx
+                y0, y1 = max(top - context_c, 0), min(bottom + context_c, rows_c)
+                x0, x1 = max(left - context_c, 0), min(right + context_c, cols_c)
+                patch = lq[None, :, y0 * cell : y1 * cell, x0 * cell : x1 * cell]
+                patch = patch.to(device).expand(-1, model.in_channels, -1, -1)
+                sr = run(patch, (top - y0, bottom - y0, left - x0, right - x0))[0]
+                sr = sr.mean(0, keepdim=True) if channels < model.in_channels else sr
+                k = out_per_cell
+                out[:, top * k : bottom * k, left * k : right * k] += sr * wy[:, None] * wx
                 done += 1
                 if progress:
                     progress(done, total)
-    out = out[:, : height * net.scale, : width * net.scale]
+    out = out[:, : height * model.scale, : width * model.scale]
     bad = out.numel() - int(torch.isfinite(out).sum())
     if bad:  # overflowing activations: NaN would be written as black, inf as white
         hint = " (overflow in reduced precision? try precision fp32)" if dtype != torch.float32 else ""

@@ -15,6 +15,7 @@ from medsr import infer
 from medsr.image import ImageError, ReadOptions
 from medsr.infer import OutputError, pick_device, upscale_tensor
 from medsr.io import Image, read_image
+from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
 from medsr.weights import load_model
 
@@ -77,7 +78,7 @@ def resize_lanczos(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 def upscale(
     image: Image | np.ndarray | str | Path,
     *,
-    model: str | Path | RRDBNet = DEFAULT_MODEL,
+    model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL,
     outscale: float | None = None,
     tile: int | None = None,
     device: str | torch.device = "auto",
@@ -92,8 +93,9 @@ def upscale(
         image: an ``Image``, a file path, or an array (H, W) / (H, W, C) of uint8, uint16 or
             float in [0, 1]; an array in gives an array of the same dtype out.
         model: "auto" (``cxr`` for gray images, ``retina`` for colour), a known model name
-            ("realesrgan-x4plus" for the general model), a checkpoint path, or a loaded ``RRDBNet``
-            (load once with ``medsr.load_model`` when upscaling many images).
+            ("realesrgan-x4plus" for the general model), a checkpoint path (RRDBNet; other
+            architectures with spandrel installed), a loaded ``SRModel`` (load once with
+            ``medsr.load_model`` when upscaling many images) or an ``RRDBNet``.
         outscale: final scale factor; the default is the model's own. Other factors run the model
             and then resize with Lanczos (x2 with the x4 model, as upstream does).
         tile: LR tile side; None picks one from a memory budget, 0 runs the whole image at once.
@@ -118,21 +120,21 @@ def upscale(
         image = Image.from_array(image, value_range=value_range)
     elif not isinstance(image, Image):
         image = read_image(image, ReadOptions(value_range=value_range))
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, SRModel | torch.nn.Module):
         if fidelity is not None:
             raise ValueError("fidelity blends named medical models; give model='retina' or 'cxr', not a network")
-        net = model
+        model = as_model(model)
     else:
         name, fidelity = model_for(image, model, fidelity)
-        net = load_model(name, fidelity=fidelity)
-    name = getattr(net, "name", type(net).__name__)
-    outscale = check_outscale(net.scale if outscale is None else outscale)
+        model = load_model(name, fidelity=fidelity)
+    name = model.name
+    outscale = check_outscale(model.scale if outscale is None else outscale)
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
     source = image.meta.get("source", "array")
-    _check_memory(image, net.scale, (out_h, out_w), pick_device(device), source)
+    _check_memory(image, model.scale, (out_h, out_w), pick_device(device), source)
     try:
-        sr = upscale_tensor(net, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
+        sr = upscale_tensor(model, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
                             progress=progress).numpy()
     except OutputError as exc:
         raise OutputError(f"{source}: model {name}: {exc}; nothing written") from None

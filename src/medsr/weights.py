@@ -17,7 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from medsr import files
+from medsr.model import SRModel, describe_rrdbnet, load_foreign
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet, rrdbnet_from_state_dict
 from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
 from medsr.nets.vgg import VGG19Features
@@ -187,14 +188,16 @@ def load_generator(path: str | Path, *, preset: str | None = None) -> RRDBNet:
 
     With ``preset``, the weights must fit that preset; otherwise the shape is read from the file.
     """
-    state = read_state_dict(path)
+    return _generator(read_state_dict(path), source=path, preset=preset)
+
+
+def _generator(state: dict[str, torch.Tensor], *, source: str | Path, preset: str | None = None) -> RRDBNet:
     try:
         net = rrdbnet(preset) if preset else rrdbnet_from_state_dict(state)
     except ValueError as exc:
-        raise WeightsError(f"{path}: {exc}") from None
-    check_fits(net, state, source=path)
+        raise WeightsError(f"{source}: {exc}") from None
+    check_fits(net, state, source=source)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    net.name = Path(path).name  # for reports and DICOM DerivationDescription
     return net.eval()
 
 
@@ -398,37 +401,54 @@ def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
 MODALITIES = ("retina", "cxr")  # each has a GAN model (its name) and a fidelity model (NAME-fidelity)
 
 
-def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | None = None) -> RRDBNet:
-    """Load a generator by known name or checkpoint path (CPU, eval mode).
+def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | None = None) -> SRModel:
+    """Load a super-resolution model by known name or checkpoint path (CPU, eval mode).
+
+    RRDBNet checkpoints (Real-ESRGAN, medsr) are read by medsr; other architectures (SwinIR, HAT,
+    SRVGGNetCompact, ...) through spandrel when it is installed (``pip install 'medsr[zoo]'``).
 
     ``fidelity`` in [0, 1] blends a modality's two models, weight by weight (network
     interpolation, as in the ESRGAN paper; both are fine-tuned from the same generator, so their
     weights align): 1 is the fidelity model (``retina-fidelity``), 0 the GAN model (``retina``).
 
-    Example: ``net = medsr.load_model("retina", fidelity=0.5)``.
+    Example: ``model = medsr.load_model("retina", fidelity=0.5)``; ``model.module`` is the network.
     """
     if fidelity is not None:
         return _blend(str(model), fidelity)
     spec = KNOWN_MODELS.get(ALIASES.get(str(model).lower(), str(model)))
     if spec is None:
-        return load_generator(resolve(model)[0])
+        return _load_file(resolve(model)[0])
     location = PACKAGED_DIR / spec.packaged if spec.packaged else cached_path(spec)
+    state, source = _known_state(spec.name, location)
     net = rrdbnet(spec.preset)
-    net.load_state_dict(_known_state(spec.name, location), strict=True)
-    net.name = spec.name
-    return net.eval()
+    net.load_state_dict(state, strict=True)
+    return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,))
+
+
+def _load_file(path: Path) -> SRModel:
+    """A checkpoint file: an RRDBNet (recognised by its first convolution) or, through spandrel, another
+    architecture."""
+    state = read_state_dict(path)
+    if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
+        net = _generator(state, source=path)
+        return describe_rrdbnet(net, name=path.name, sources=((path, files.sha256(path)),))
+    try:
+        return load_foreign(state, source=path, sha256=files.sha256(path))
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=8)
-def _known_state(name: str, location: Path) -> dict[str, torch.Tensor]:
-    """A known model's verified weights, read once per process; each load_model call builds its
-    own module from them (a caller may change its network without changing anyone else's). The
-    file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
+def _known_state(name: str, location: Path) -> tuple[dict[str, torch.Tensor], tuple[Path, str]]:
+    """A known model's verified weights and (file, SHA-256), read once per process; each load_model
+    call builds its own module from them (a caller may change its network without changing anyone
+    else's). The file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
     path, spec = resolve(name)
-    return load_generator(path, preset=spec.preset).state_dict()
+    digest = spec.sha256 if spec.packaged and spec.sha256 else files.sha256(path)
+    return load_generator(path, preset=spec.preset).state_dict(), (path, digest)
 
 
-def _blend(modality: str, fidelity: float) -> RRDBNet:
+def _blend(modality: str, fidelity: float) -> SRModel:
     modality = modality.removesuffix("-fidelity")
     if modality not in MODALITIES:
         raise WeightsError(f"fidelity applies to the medical models ({', '.join(MODALITIES)}), not {modality!r}")
@@ -436,12 +456,12 @@ def _blend(modality: str, fidelity: float) -> RRDBNet:
         raise WeightsError(f"fidelity {fidelity}: must be within 0..1")
     if fidelity in (0, 1):  # exactly the one model, not a blend that rounds
         return load_model(modality if fidelity == 0 else f"{modality}-fidelity")
-    net, sharp = load_model(f"{modality}-fidelity"), load_model(modality).state_dict()
+    faithful, sharp = load_model(f"{modality}-fidelity"), load_model(modality)
+    sharp_state = sharp.module.state_dict()
     with torch.no_grad():
-        for key, weight in net.state_dict().items():
-            weight.lerp_(sharp[key], 1 - fidelity)
-    net.name = f"{modality} (fidelity {fidelity:g})"
-    return net
+        for key, weight in faithful.module.state_dict().items():
+            weight.lerp_(sharp_state[key], 1 - fidelity)
+    return replace(faithful, name=f"{modality} (fidelity {fidelity:g})", sources=faithful.sources + sharp.sources)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,6 @@ class RRDBNet(nn.Module):
             raise ValueError(f"RRDBNet scale must be 1, 2 or 4, got {scale}")
         self.scale = scale
         self.num_in_ch = num_in_ch
-        self.name = "RRDBNet"  # the weights module sets the model's name or file
         # The trunk always upsamples x4; smaller scales fold pixels into channels first.
         self.unshuffle = 4 // scale
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
