@@ -132,3 +132,26 @@ def test_cpu_budget_follows_the_available_memory(monkeypatch):
         monkeypatch.setattr(infer, "available_memory", lambda a=available: a)
         assert infer.memory_budget(torch.device("cpu")) == expected
     assert auto_tile(5 << 30) > auto_tile(2 << 30) == 592  # 592: the figure of the 2 GiB budget (BENCHMARKS.md)
+
+
+def test_freed_memory_is_reused_during_inference_and_returned_after():
+    """Large allocations would otherwise be fresh mappings, a page fault per 4 KiB on every use."""
+    import resource
+
+    from medsr import infer
+
+    if infer._glibc() is None:
+        pytest.skip("not glibc: nothing to set")
+
+    def faults_of_ten_allocations() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            torch.ones(16 << 20)  # 64 MiB, written, then freed
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    pages = 10 * (64 << 20) // 4096
+    assert faults_of_ten_allocations() > pages // 2  # glibc's default: a new mapping each time
+    with infer.freed_memory_reused(), infer.freed_memory_reused():  # nested
+        faults_of_ten_allocations()  # the first allocation grows the heap
+        assert faults_of_ten_allocations() < pages // 10
+    assert faults_of_ten_allocations() > pages // 2  # defaults restored
