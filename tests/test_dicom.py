@@ -20,7 +20,7 @@ from medsr.dicom import StoredRange, parse_window
 from medsr.image import ImageError, ReadOptions
 from medsr.io import read_image, write_image
 
-from .conftest import shared_image
+from .conftest import random_image, shared_image
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -308,3 +308,57 @@ def test_pydicoms_own_files_read_or_are_refused_with_the_reason():
     assert len(read) >= 45
     for name, message in refused.items():  # each names its file and a reason
         assert name in message and len(message) > len(name) + 20, message
+
+
+def _first_corner(position, orientation, spacing) -> np.ndarray:
+    """The outer corner of the first pixel in patient coordinates (ImagePositionPatient is its centre;
+    PS3.3 C.7.6.2.1.1): half a column step back along the row, half a row step back down the column."""
+    position, cosines = np.array(position, float), np.array(orientation, float)
+    row_spacing, col_spacing = (float(v) for v in spacing)
+    return position - 0.5 * col_spacing * cosines[:3] - 0.5 * row_spacing * cosines[3:]
+
+
+def test_position_moves_so_the_output_covers_the_same_anatomy(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ImageOrientationPatient = [0, 1, 0, 0.6, 0, -0.8]  # oblique, so that both directions count
+    ds.PixelSpacing = [0.5, 0.8]  # rows 0.5 mm apart, columns 0.8 mm
+    ds.save_as(tmp_path / "ct.dcm")
+    _, out = upscale_to(tmp_path / "ct.dcm", tmp_path / "x4.dcm", nearest_model())
+    before = _first_corner(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing)
+    after = _first_corner(out.ImagePositionPatient, out.ImageOrientationPatient, out.PixelSpacing)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    # the first output pixel's centre: 3/8 of an input pixel up and left of the input's
+    expected = (np.array(ds.ImagePositionPatient, float) - 3 / 8 * 0.8 * np.array([0, 1, 0])
+                - 3 / 8 * 0.5 * np.array([0.6, 0, -0.8]))
+    np.testing.assert_allclose(np.array(out.ImagePositionPatient, float), expected, atol=1e-6)
+    _, same = upscale_to(tmp_path / "ct.dcm", tmp_path / "x1.dcm", identity_model())
+    np.testing.assert_allclose(np.array(same.ImagePositionPatient, float), np.array(ds.ImagePositionPatient, float))
+
+
+def test_enhanced_frames_move_their_own_positions(tmp_path):
+    stored = np.stack([random_image(8, 8, 1, np.uint16, seed=s).squeeze() >> 4 for s in range(2)])
+    make_dicom(tmp_path / "mf.dcm", stored, photometric="MONOCHROME2")
+    ds = pydicom.dcmread(tmp_path / "mf.dcm")
+    for name in ("PixelSpacing", "ImagerPixelSpacing"):
+        if name in ds:
+            delattr(ds, name)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = [Dataset()]
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = [Dataset()]
+    shared.PixelMeasuresSequence[0].PixelSpacing = [0.4, 0.4]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = []
+    for z in (10.0, 12.5):
+        frame = Dataset()
+        frame.PlanePositionSequence = [Dataset()]
+        frame.PlanePositionSequence[0].ImagePositionPatient = [-20.0, -30.0, z]
+        ds.PerFrameFunctionalGroupsSequence.append(frame)
+    ds.save_as(tmp_path / "enhanced.dcm")
+    plan = medsr.plan_outputs([tmp_path / "enhanced.dcm"], tmp_path / "out.dcm")
+    [result] = medsr.upscale_files(plan, model=nearest_model())
+    assert result.ok, result.error
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    positions = [float(v) for f in out.PerFrameFunctionalGroupsSequence for v in f.PlanePositionSequence[0].ImagePositionPatient]
+    assert positions == pytest.approx([-20.15, -30.15, 10.0, -20.15, -30.15, 12.5])  # 3/8 of 0.4 mm
+    assert [float(v) for v in out.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]

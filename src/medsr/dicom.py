@@ -240,8 +240,14 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    _move_position(ds, ds, ds, scale_y, scale_x)
     _scale_spacing(ds, scale_y, scale_x)
-    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):  # enhanced objects
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):  # enhanced objects: positions per frame
+        for position in frame.get("PlanePositionSequence", []):
+            _move_position(position, _first(frame, shared, "PlaneOrientationSequence"),
+                           _first(frame, shared, "PixelMeasuresSequence"), scale_y, scale_x)
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         for item in ds.get(group, []):
             for measures in item.get("PixelMeasuresSequence", []):
                 _scale_spacing(measures, scale_y, scale_x)
@@ -269,6 +275,31 @@ def _scale_spacing(ds: Dataset, scale_y: float, scale_x: float) -> None:
         if name in ds and len(ds.data_element(name).value) == 2:
             row, col = (float(v) for v in ds.data_element(name).value)
             setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
+
+
+def _first(frame: Dataset, shared: Dataset, sequence: str) -> Dataset:
+    """The first item of a functional group's sequence, per frame or else shared (empty if neither)."""
+    items = frame.get(sequence) or shared.get(sequence) or [Dataset()]
+    return items[0]
+
+
+def _move_position(position: Dataset, orientation: Dataset, measures: Dataset, scale_y: float, scale_x: float
+                   ) -> None:
+    """ImagePositionPatient is the centre of the first pixel; the output's first pixel is smaller and
+    its centre lies (1 - 1/scale) / 2 of an input pixel up and left of the input's, so that both
+    images cover the same anatomy. Uses the input's spacing (call before scaling it)."""
+    if not all(name in ds for ds, name in ((position, "ImagePositionPatient"), (orientation, "ImageOrientationPatient"),
+                                           (measures, "PixelSpacing"))):
+        return
+    origin = np.array([float(v) for v in position.ImagePositionPatient])
+    cosines = np.array([float(v) for v in orientation.ImageOrientationPatient])
+    row_spacing, col_spacing = (float(v) for v in measures.PixelSpacing)
+    if origin.shape != (3,) or cosines.shape != (6,):
+        return
+    # cosines[:3]: the direction of increasing column index (along a row); cosines[3:]: of increasing row
+    moved = (origin + (1 / scale_x - 1) / 2 * col_spacing * cosines[:3]
+             + (1 / scale_y - 1) / 2 * row_spacing * cosines[3:])
+    position.ImagePositionPatient = [f"{v:.10g}"[:16] for v in moved]
 
 
 def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
