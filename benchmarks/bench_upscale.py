@@ -69,7 +69,7 @@ def main() -> None:
     ours = lambda: upscale_tensor(net, torch.from_numpy(lq), tile=0, device="cpu")  # noqa: E731
     runners = {"medsr": ours, "ncnn": ncnn_runner(lq)}
     if args.compile:
-        compiled = weights.load_model("realesrgan-x4plus").to(memory_format=torch.channels_last)
+        compiled = weights.load_model("realesrgan-x4plus").module.to(memory_format=torch.channels_last)
         compiled.trunk, compiled.head = torch.compile(compiled.trunk), torch.compile(compiled.head)
         runners["medsr+compile"] = lambda: upscale_tensor(compiled, torch.from_numpy(lq), tile=0, device="cpu")
         print(f"torch.compile warm-up (compilation): {_timed(runners['medsr+compile']):.0f} s")

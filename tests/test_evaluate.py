@@ -157,3 +157,30 @@ def test_paper_table_is_printed_beside_the_measured_values(tmp_path, tiny_net, c
     # Values of the paper's Table 1 (Aghelan & Rouhani, arXiv 2211.00577).
     assert "| Real-ESRGAN | 35.33 | 0.8866 | - | - |" in out
     assert "| fine-tuned (here: mine.safetensors) | 34.21 | 0.8923 |" in out and "DRIVE" in out
+
+
+@pytest.mark.slow
+def test_torchrun_evaluate_with_two_processes_equals_one(tmp_path, tiny_net):
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):  # an odd count: the shares differ in size
+        PILImage.fromarray(random_image(520, 520, 3, seed=i)).save(data / f"{i}.png")
+    (data / "3.png").write_bytes(b"broken")  # a failure in the second rank's share
+    save_file(tiny_net.state_dict(), tmp_path / "tiny.safetensors")
+    common = ["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic",
+              "--model", str(tmp_path / "tiny.safetensors"), "--figures", "3"]
+    assert main([*common, "-o", str(tmp_path / "one")]) == 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
+            "-m", "medsr.cli", *common, "-o", str(tmp_path / "two")]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]  # rank 0 counts the failure of rank 1
+    assert result.stdout.count("report: ") == 1 and "(4 images, 1 skipped)" in result.stdout
+    for name in ("per_image.csv", "figures/0.png", "figures/1.png", "figures/2.png"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert one["summary"] == two["summary"] and one["statistics"] == two["statistics"]

@@ -52,9 +52,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                     else parse_shard(args.shard))
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
     ranks = _process_group()
-    device = pick_device(args.device)
-    if ranks and device.type == "cuda":  # one GPU per rank
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = _rank_device(args.device, ranks)
     dtype = pick_precision(args.precision, device)
     bars: dict[Path, tqdm] = {}
 
@@ -128,6 +126,14 @@ def _process_group():
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return dist
+
+
+def _rank_device(device: str, ranks) -> torch.device:
+    """The device asked for; under torchrun with CUDA, this rank's GPU (one per rank)."""
+    chosen = pick_device(device)
+    if ranks and chosen.type == "cuda":
+        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return chosen
 
 
 def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str]):
@@ -266,7 +272,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError("no images found in " + ", ".join(map(str, args.data)))
     baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
-    models = ev.build_models([*baselines, *args.model], tile=args.tile, device=args.device)
+    ranks = _process_group()  # under torchrun each rank takes every N-th image; rank 0 reports
+    models = ev.build_models([*baselines, *args.model], tile=args.tile, device=_rank_device(args.device, ranks))
     lpips, lpips_status = ev.lpips_metric()
     options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips)
     failed = []
@@ -275,8 +282,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         failed.append(message)
         _error(message)
 
-    results = list(tqdm(ev.evaluate(samples, models, options, on_error=report_error), total=len(samples), disable=None,
+    share = samples[ranks.get_rank():: ranks.get_world_size()] if ranks else samples
+    results = list(tqdm(ev.evaluate(share, models, options, on_error=report_error), total=len(share), disable=None,
                         desc="images", unit="img"))
+    if ranks:
+        # Images travel only for the figures: each rank's first ``figures`` results hold the first
+        # ``figures`` of all, whatever the shares' failures.
+        local = [r if i < args.figures else ev.without_images(r) for i, r in enumerate(results)]
+        gathered: list = [None] * ranks.get_world_size()
+        ranks.all_gather_object(gathered, (local, failed))
+        if ranks.get_rank() != 0:
+            return 1 if failed else 0
+        order = {sample.name: i for i, sample in enumerate(samples)}
+        results = sorted((r for part, _ in gathered for r in part), key=lambda r: order[r.sample.name])
+        failed = [message for _, part in gathered for message in part]
     summary = ev.summarise(results)
     names = [m.name for m in models]
     reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
@@ -358,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--outscale", type=float, default=None, help="final scale (default: the model's, 4)")
     up.add_argument("--model", default=DEFAULT_MODEL,
                     help="auto (default: cxr for gray images, retina for colour), a known name such as "
-                         "realesrgan-x4plus, or a checkpoint path")
+                         "realesrgan-x4plus, or a checkpoint path (RRDBNet; other architectures with medsr[zoo])")
     up.add_argument("--fidelity", type=float, default=None, metavar="F",
                     help="medical models: 0 (sharp GAN model) .. 1 (faithful fidelity model), blending their "
                          "weights (default for --model auto: see the README)")
@@ -431,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baselines", default="bicubic,lanczos,realesrgan-x4plus",
                     help="comma-separated reference methods (default: bicubic,lanczos,realesrgan-x4plus)")
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
-                    help="a model to compare (exported safetensors or training checkpoint); repeatable")
+                    help="a model to compare: a known name, NAME@F (a fidelity), LABEL=MODEL, or a checkpoint "
+                         "(RRDBNet; other architectures with medsr[zoo]); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
     ev.add_argument("--reference", default="realesrgan-x4plus",
                     help="the model the others are compared with, image by image (default: realesrgan-x4plus "

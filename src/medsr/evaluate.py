@@ -245,6 +245,12 @@ class Result:
     rows: dict[str, dict[str, float]]  # model name -> metrics (plus "ground truth" for vessel AUC)
 
 
+def without_images(result: Result) -> Result:
+    """The result with its metrics only (what a figure needs is left out), to send between processes."""
+    empty = np.zeros((0, 0, 0), np.float32)
+    return replace(result, lr=empty, gt=empty, outputs={})
+
+
 def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Result:
     image = read_any(sample.image)
     lr, gt = make_pair(image, options.protocol, options.fit)
