@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 # benchmarks/bench_memory.py and rounded up.
 TRUNK_BYTES_PER_PIXEL = 4 * 1024
 HEAD_BYTES_PER_PIXEL = 16 * 1024
-# Other architectures: their activations are not known in advance; a guess per LR pixel of a tile
-# (the tile argument overrides it).
+# Other architectures: their activations are not known in advance. Peak fp32 memory measured per LR
+# pixel (x4, benchmarks/bench_memory_zoo.py): SwinIR-M 15-27 KiB over five runs, realesr-general-x4v3
+# (SRVGGNetCompact) 1.6-1.9 KiB; this covers both, and larger models need the tile argument.
 GENERIC_BYTES_PER_PIXEL = 32 * 1024
 HEAD_CONTEXT = 2  # feature pixels: the head's reach (four 3x3 convs at x2 and x4) is under 2
 DEFAULT_CONTEXT = 64  # LR pixels of extra trunk input on each inner tile side
