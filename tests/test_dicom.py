@@ -359,6 +359,7 @@ def test_enhanced_frames_move_their_own_positions(tmp_path):
     [result] = medsr.upscale_files(plan, model=nearest_model())
     assert result.ok, result.error
     out = pydicom.dcmread(tmp_path / "out.dcm")
-    positions = [float(v) for f in out.PerFrameFunctionalGroupsSequence for v in f.PlanePositionSequence[0].ImagePositionPatient]
+    frames = out.PerFrameFunctionalGroupsSequence
+    positions = [float(v) for f in frames for v in f.PlanePositionSequence[0].ImagePositionPatient]
     assert positions == pytest.approx([-20.15, -30.15, 10.0, -20.15, -30.15, 12.5])  # 3/8 of 0.4 mm
     assert [float(v) for v in out.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]

@@ -306,7 +306,7 @@ def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
     from medsr import __version__
 
     scale = f"x{scale_y:g}" if abs(scale_y - scale_x) < 1e-9 else f"x{scale_y:g} (rows), x{scale_x:g} (columns)"
-    model = image.meta.get("model")
+    model = image.model
     done = f"super-resolution {scale} with model {model}" if model else f"resampled {scale}"
     return f"medsr {__version__}: {done}; uncompressed, explicit VR little endian"
 

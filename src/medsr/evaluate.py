@@ -120,7 +120,7 @@ def make_pair(image: Image, protocol: Protocol, fit: str = "resize") -> tuple[np
     or "crop" (the centre square, then resize).
     """
     height, width = image.size
-    source = image.meta.get("source", "image")
+    source = image.source
     if min(height, width) < protocol.gt_size:
         raise ImageError(f"{source}: {width}x{height} is smaller than the protocol's {protocol.gt_size}x"
                          f"{protocol.gt_size} ground truth; skipped (upsampling it would make a meaningless score)")

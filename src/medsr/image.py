@@ -93,8 +93,10 @@ class Image:
             None: the smallest of 255 and 65535 that holds ``max_value``.
         range_reason: why ``min_value..max_value`` was chosen (shown by ``medsr info`` and runs).
         stored_as_rgb: gray pixels that came from (and go back to) a colour file with equal channels.
-        meta: format details kept for writing (``dpi``, ``icc_profile``, ``dicom``), the source
-            path, and what ``upscale`` did (``model``, ``scale``).
+        source: the file it was read from ("array" for arrays), for messages.
+        model: the model that produced it, when ``upscale`` did (DICOM outputs name it).
+        meta: format details kept for writing, each read and written by its format's module
+            (``dpi``, ``icc_profile``; ``dicom`` and its ``dicom_*`` companions).
     """
 
     pixels: np.ndarray
@@ -104,6 +106,8 @@ class Image:
     container_max: int | None = None
     range_reason: str = ""
     stored_as_rgb: bool = False
+    source: str = "array"
+    model: str | None = None
     meta: dict = field(default_factory=dict)
 
     @property

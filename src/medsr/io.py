@@ -328,9 +328,7 @@ def _decode(path: Path, options: ReadOptions, reader: Callable[[Path, ReadOption
         raise exc if str(path) in str(exc) else ImageError(f"{path}: {exc}") from None
     except Exception as exc:  # decoders raise many types for corrupt data
         raise ImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
-    for frame in frames:
-        frame.meta["source"] = str(path)
-    return frames
+    return [replace(frame, source=str(path)) for frame in frames]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def upscale(
     outscale = check_outscale(model.scale if outscale is None else outscale)
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
-    source = image.meta.get("source", "array")
+    source = image.source
     _check_memory(image, model.scale, (out_h, out_w), pick_device(device), source)
     try:
         sr = upscale_tensor(model, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
@@ -143,10 +143,10 @@ def upscale(
     if sr.shape[1:] != (out_h, out_w):
         sr = resize_lanczos(sr, out_h, out_w)
     alpha = None if image.alpha is None else resize_lanczos(image.alpha, out_h, out_w)
-    meta = dict(image.meta, model=name, scale=outscale)
+    meta = dict(image.meta)
     if "dpi" in meta:  # same physical size, more pixels
         meta["dpi"] = tuple(d * out_w / width for d in meta["dpi"])
-    result = replace(image, pixels=sr, alpha=alpha, meta=meta)
+    result = replace(image, pixels=sr, alpha=alpha, model=name, meta=meta)
     if not as_array:
         return result
     if dtype in (np.uint8, np.uint16):
