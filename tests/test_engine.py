@@ -150,6 +150,13 @@ def test_two_foreign_architectures_load_and_upscale(tmp_path, capsys):
         written = medsr.read_image(out / "gray.png")
         assert written.is_gray and written.size == (40, 48)
     assert "swinir.pth" in capsys.readouterr().out
+    # and in evaluate, beside a baseline
+    data = tmp_path / "data"
+    data.mkdir()
+    medsr.write_image(data / "a.png", medsr.Image.from_array(random_image(520, 520, 3)))
+    assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
+                 "--model", str(tmp_path / "swinir.pth"), "-o", str(tmp_path / "report")]) == 0
+    assert "| swinir.pth | 1 |" in capsys.readouterr().out
 
 
 @needs_spandrel
