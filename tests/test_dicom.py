@@ -363,3 +363,24 @@ def test_enhanced_frames_move_their_own_positions(tmp_path):
     positions = [float(v) for f in frames for v in f.PlanePositionSequence[0].ImagePositionPatient]
     assert positions == pytest.approx([-20.15, -30.15, 10.0, -20.15, -30.15, 12.5])  # 3/8 of 0.4 mm
     assert [float(v) for v in out.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]
+    # a position shared by all frames moves too
+    del ds.PerFrameFunctionalGroupsSequence
+    shared.PlanePositionSequence = [Dataset()]
+    shared.PlanePositionSequence[0].ImagePositionPatient = [-20.0, -30.0, 10.0]
+    ds.save_as(tmp_path / "shared.dcm")
+    [result] = medsr.upscale_files(medsr.plan_outputs([tmp_path / "shared.dcm"], tmp_path / "shared-x4.dcm"),
+                                   model=nearest_model())
+    assert result.ok, result.error
+    moved = pydicom.dcmread(tmp_path / "shared-x4.dcm").SharedFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    assert [float(v) for v in moved.ImagePositionPatient] == pytest.approx([-20.15, -30.15, 10.0])
+
+
+@pytest.mark.parametrize("spacing", ["0.5", "", None])
+def test_a_malformed_pixel_spacing_is_left_out_and_the_position_kept(tmp_path, spacing, caplog):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelSpacing = spacing
+    ds.save_as(tmp_path / "ct.dcm")
+    _, out = upscale_to(tmp_path / "ct.dcm", tmp_path / "x4.dcm", nearest_model())
+    assert list(out.ImagePositionPatient) == list(ds.ImagePositionPatient)  # cannot be moved without spacing
+    assert "PixelSpacing" not in out  # kept, it would be wrong for pixels 4 times smaller
+    assert "ct.dcm: PixelSpacing" in caplog.text

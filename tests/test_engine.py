@@ -85,6 +85,27 @@ def test_descriptor_rejects_what_the_engine_cannot_run():
         medsr.upscale(random_image(8, 8, 3), model=nn.Identity())
 
 
+def test_an_rrdbnet_described_by_hand_takes_its_facts_from_the_network():
+    net = medsr.rrdbnet("tiny", scale=2).eval()
+    by_hand = medsr.SRModel(module=net, scale=2, name="mine")
+    assert by_hand.size_multiple == 2  # pixel-unshuffle by 2
+    lq = torch.rand(3, 21, 20)  # odd: padded to whole cells
+    torch.testing.assert_close(upscale_tensor(by_hand, lq, tile=16, context=8, device="cpu"),
+                               upscale_tensor(net, lq, tile=16, context=8, device="cpu"))
+    with pytest.raises(ValueError, match=r"scale=4 \(the network: 2\)"):
+        medsr.SRModel(module=net, scale=4)
+    with pytest.raises(ValueError, match=r"in_channels=1 \(the network: 3\)"):
+        medsr.SRModel(module=net, scale=2, in_channels=1, out_channels=1)
+
+
+def test_a_minimum_size_that_is_not_a_whole_number_of_cells():
+    model = small_model(2, size_multiple=8, min_size=20)
+    seen = []
+    model.module.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[2:])))
+    out = upscale_tensor(model, torch.rand(3, 10, 10), tile=0, device="cpu")
+    assert out.shape == (3, 20, 20) and seen == [(24, 24)]  # 20 rounded up to whole cells of 8
+
+
 def test_rrdbnet_descriptor(tiny_net):
     described = model_module.describe_rrdbnet(tiny_net)
     assert (described.scale, described.size_multiple, described.architecture, described.exact_tiles) == (
@@ -157,6 +178,15 @@ def test_two_foreign_architectures_load_and_upscale(tmp_path, capsys):
     assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--figures", "0",
                  "--model", str(tmp_path / "swinir.pth"), "-o", str(tmp_path / "report")]) == 0
     assert "| swinir.pth | 1 |" in capsys.readouterr().out
+
+
+@needs_spandrel
+def test_a_damaged_foreign_checkpoint_is_a_clear_error(tmp_path):
+    # an old-format ESRGAN file cut short: spandrel recognises it, then fails to build it
+    torch.save({"model.0.weight": torch.rand(64, 3, 3, 3), "model.0.bias": torch.rand(64),
+                "model.1.sub.0.RDB1.conv1.0.weight": torch.rand(32, 64, 3, 3)}, tmp_path / "cut.pth")
+    with pytest.raises(WeightsError, match=r"cut\.pth: "):
+        medsr.load_model(tmp_path / "cut.pth")
 
 
 @needs_spandrel

@@ -134,9 +134,10 @@ def test_cpu_budget_follows_the_available_memory(monkeypatch):
     assert auto_tile(5 << 30) > auto_tile(2 << 30) == 592  # 592: the figure of the 2 GiB budget (BENCHMARKS.md)
 
 
-def test_freed_memory_is_reused_during_inference_and_returned_after():
-    """Large allocations would otherwise be fresh mappings, a page fault per 4 KiB on every use. In a
-    fresh process: what the heap holds from earlier tests would serve allocations without faults."""
+def test_freed_memory_is_kept_for_reuse_unless_the_user_tuned_the_allocator():
+    """Large allocations would otherwise be fresh mappings, a page fault per 4 KiB on every use. In
+    fresh processes: what the heap holds from earlier tests would serve allocations without faults."""
+    import os
     import subprocess
     import sys
 
@@ -148,21 +149,25 @@ def test_freed_memory_is_reused_during_inference_and_returned_after():
 import resource, torch
 from medsr import infer
 
-def faults_of_ten_allocations():
+def faults_of_ten_allocations(size):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        torch.ones(16 << 20)  # 64 MiB, written, then freed
+        torch.ones(size)  # written, then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-default = faults_of_ten_allocations()
-with infer.freed_memory_reused(), infer.freed_memory_reused():  # nested
-    faults_of_ten_allocations()  # the first allocation grows the heap
-    reused = faults_of_ten_allocations()
-print(default, reused, faults_of_ten_allocations())
+default = faults_of_ten_allocations(16 << 20)  # 64 MiB
+kept = infer.keep_freed_memory()
+faults_of_ten_allocations(16 << 20)  # the first allocation grows the heap
+reused = faults_of_ten_allocations(16 << 20), faults_of_ten_allocations(1 << 20)  # 64 and 4 MiB
+infer.return_freed_memory()
+print(default, kept, *reused)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    default, reused, after = (int(v) for v in result.stdout.split())
     pages = 10 * (64 << 20) // 4096
-    assert default > pages // 2  # glibc's default: a new mapping each time
-    assert reused < pages // 10
-    assert after > pages // 2  # defaults restored, the kept memory returned
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    default, kept, reused_64, reused_4 = result.stdout.split()
+    assert int(default) > pages // 2  # glibc's default: a new mapping each time
+    assert kept == "True" and int(reused_64) < pages // 10 and int(reused_4) < pages // 40
+    tuned = {**env, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=tuned)
+    assert result.stdout.split()[1] == "False"  # the user's settings are left alone

@@ -40,7 +40,7 @@ def test_cli_says_which_model_it_used(tmp_path, capsys):
     PILImage.fromarray(random_image(16, 16, 1).squeeze()).save(tmp_path / "gray.png")
     PILImage.fromarray(random_image(16, 16, 3)).save(tmp_path / "colour.png")
     assert main(["upscale", str(tmp_path / "gray.png"), str(tmp_path / "colour.png"), "-o", str(tmp_path / "out")]) == 0
-    assert "with cxr-fidelity (1), retina-fidelity (1)" in capsys.readouterr().out  # auto: fidelity 1
+    assert "with cxr-fidelity x4 fp32 (1), retina-fidelity x4 fp32 (1)" in capsys.readouterr().out  # fidelity 1
     out = medsr.read_image(tmp_path / "out" / "gray.png")
     assert out.is_gray and out.size == (64, 64) and np.ptp(out.pixels) > 0
 

@@ -71,7 +71,7 @@ def test_folder_in_folder_out(tmp_path, tiny_model, capsys):
     assert code == 0
     assert read_image(tmp_path / "out" / "a.png").size == (16, 16)
     assert read_image(tmp_path / "out" / "sub" / "b.jpg").is_gray
-    assert "upscaled 2 file(s) x2" in capsys.readouterr().out
+    assert "upscaled 2 file(s) with tiny.safetensors x2 fp32 on cpu" in capsys.readouterr().out
 
 
 def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import dicom, weights
+from medsr import dicom, infer, weights
 from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
@@ -45,6 +45,8 @@ class FileResult:
     source: Path
     target: Path | None = None
     model: str | None = None
+    scale: float | None = None  # the output's scale factor
+    precision: str | None = None  # what the network ran in: fp32, bf16, fp16
     values: str | None = None  # how values and channels were taken (``describe_values``)
     frames: int = 0
     detail: float | None = None  # with detail maps: RMS added detail, 8-bit levels (medsr.detail)
@@ -219,7 +221,9 @@ def upscale_files(
             yield FileResult(source=source, error=message)
             continue
         log.info("%s -> %s (%s)", source, target, chosen.name)
-        yield FileResult(source=source, target=target, model=chosen.name, values=describe_values(frames[0]),
+        ran_in = infer.precision_name(infer.pick_precision(precision, infer.pick_device(device), chosen))
+        yield FileResult(source=source, target=target, model=chosen.name, scale=outscale or chosen.scale,
+                         precision=ran_in, values=describe_values(frames[0]),
                          frames=len(frames), detail=scores[0], consistency=scores[1])
 
 

@@ -53,7 +53,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
     ranks = _process_group()
     device = _rank_device(args.device, ranks)
-    dtype = pick_precision(args.precision, device)
+    pick_precision(args.precision, device)  # an impossible precision is refused before any model loads
     bars: dict[Path, tqdm] = {}
 
     def progress(source: Path, done: int, total: int) -> None:
@@ -65,7 +65,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
                                   progress=progress, fidelity=args.fidelity, maps=args.detail_map)
-    used: Counter[str] = Counter()
+    used: Counter[str] = Counter()  # "model x4 fp32": files
     paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
     scores: list[str] = []
     failed, start = 0, time.perf_counter()
@@ -74,7 +74,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             for bar in bars.values():
                 bar.close()
             if result.ok:
-                used[result.model] += 1
+                used[f"{result.model} x{result.scale:g} {result.precision}"] += 1
                 stack = f", {result.frames} frames each" if result.frames > 1 else ""
                 paths[result.values + stack] += 1
                 if result.detail is not None:
@@ -92,11 +92,9 @@ def run_upscale(args: argparse.Namespace) -> int:
         if ranks.get_rank() != 0:
             return 1 if failed else 0
     share = f" (share {index} of {count})" if count > 1 and not ranks else ""
-    scale = args.outscale or 4
-    precision = str(dtype).removeprefix("torch.")
     models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "none"
-    print(f"upscaled {sum(used.values())} file(s){share} x{scale:g} with {models} on {device.type} ({precision}) "
-          f"in {seconds:.1f} s; {failed} failed")
+    print(f"upscaled {sum(used.values())} file(s){share} with {models} on {device.type} in {seconds:.1f} s; "
+          f"{failed} failed")
     for path, count in sorted(paths.items()):
         print(f"  {count} file(s): {path}")
     if scores:

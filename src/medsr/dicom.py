@@ -19,6 +19,7 @@ untouched. Colour is written as RGB, or YBR_FULL when the input was uncompressed
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medsr.image import Image, ImageError, ReadOptions, check_pixels, single_frame
+
+log = logging.getLogger(__name__)
 
 # Colour encodings arrive as RGB from pydicom's decoders (YBR_RCT/ICT: JPEG 2000's colour transforms)
 # or from the palette (PALETTE COLOR), and are written back as RGB.
@@ -241,16 +245,16 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
     if "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     _move_position(ds, ds, ds, scale_y, scale_x)
-    _scale_spacing(ds, scale_y, scale_x)
+    _scale_spacing(ds, scale_y, scale_x, image.source)
     shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
-    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):  # enhanced objects: positions per frame
+    for frame in [*ds.get("PerFrameFunctionalGroupsSequence", []), shared]:  # enhanced objects
         for position in frame.get("PlanePositionSequence", []):
             _move_position(position, _first(frame, shared, "PlaneOrientationSequence"),
                            _first(frame, shared, "PixelMeasuresSequence"), scale_y, scale_x)
     for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         for item in ds.get(group, []):
             for measures in item.get("PixelMeasuresSequence", []):
-                _scale_spacing(measures, scale_y, scale_x)
+                _scale_spacing(measures, scale_y, scale_x, image.source)
     if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a derived image names its source
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
@@ -269,12 +273,20 @@ def _stored(image: Image, mapping: StoredRange, dtype: np.dtype, bits_stored: in
     return mapping.to_stored(values[:, :, 0] if image.is_gray else values, dtype, bits_stored)
 
 
-def _scale_spacing(ds: Dataset, scale_y: float, scale_x: float) -> None:
-    """Pixel spacings (row, column) divided by the scale: the same anatomy, more pixels."""
+def _scale_spacing(ds: Dataset, scale_y: float, scale_x: float, source: str) -> None:
+    """Pixel spacings (row, column) divided by the scale: the same anatomy, more pixels. A malformed
+    spacing (not two finite numbers) is left out: kept, it would be wrong for the new pixels."""
     for name in _SPACING_TAGS:
-        if name in ds and len(ds.data_element(name).value) == 2:
-            row, col = (float(v) for v in ds.data_element(name).value)
-            setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
+        if name not in ds:
+            continue
+        spacing = _numbers(ds, name)
+        if spacing is None or len(spacing) != 2:
+            log.warning("%s: %s %r is not two numbers; left out of the upscaled image", source, name,
+                        ds.data_element(name).value)
+            delattr(ds, name)
+            continue
+        row, col = spacing
+        setattr(ds, name, [f"{row / scale_y:.10g}"[:16], f"{col / scale_x:.10g}"[:16]])
 
 
 def _first(frame: Dataset, shared: Dataset, sequence: str) -> Dataset:
@@ -283,19 +295,28 @@ def _first(frame: Dataset, shared: Dataset, sequence: str) -> Dataset:
     return items[0]
 
 
+def _numbers(ds: Dataset, name: str) -> np.ndarray | None:
+    """A multi-valued decimal element as numbers; None when absent or not all finite numbers."""
+    if name not in ds:
+        return None
+    value = ds.data_element(name).value
+    try:
+        numbers = np.array([float(v) for v in (value if isinstance(value, list | tuple | MultiValue) else [value])])
+    except (TypeError, ValueError):
+        return None
+    return numbers if np.isfinite(numbers).all() else None
+
+
 def _move_position(position: Dataset, orientation: Dataset, measures: Dataset, scale_y: float, scale_x: float
                    ) -> None:
     """ImagePositionPatient is the centre of the first pixel; the output's first pixel is smaller and
     its centre lies (1 - 1/scale) / 2 of an input pixel up and left of the input's, so that both
     images cover the same anatomy. Uses the input's spacing (call before scaling it)."""
-    if not all(name in ds for ds, name in ((position, "ImagePositionPatient"), (orientation, "ImageOrientationPatient"),
-                                           (measures, "PixelSpacing"))):
-        return
-    origin = np.array([float(v) for v in position.ImagePositionPatient])
-    cosines = np.array([float(v) for v in orientation.ImageOrientationPatient])
-    row_spacing, col_spacing = (float(v) for v in measures.PixelSpacing)
-    if origin.shape != (3,) or cosines.shape != (6,):
-        return
+    origin, cosines, spacing = (_numbers(ds, name) for ds, name in (
+        (position, "ImagePositionPatient"), (orientation, "ImageOrientationPatient"), (measures, "PixelSpacing")))
+    if origin is None or cosines is None or spacing is None or (len(origin), len(cosines), len(spacing)) != (3, 6, 2):
+        return  # absent or malformed: left as it is, as other readers would find it
+    row_spacing, col_spacing = spacing
     # cosines[:3]: the direction of increasing column index (along a row); cosines[3:]: of increasing row
     moved = (origin + (1 / scale_x - 1) / 2 * col_spacing * cosines[:3]
              + (1 / scale_y - 1) / 2 * row_spacing * cosines[3:])

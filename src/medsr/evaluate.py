@@ -90,7 +90,7 @@ def read_any(path: Path) -> Image:
             array = np.asarray(im.convert("RGB"))
     except Exception as exc:
         raise ImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
-    return Image(pixels=np.moveaxis(array, 2, 0).astype(np.float32) / 255, max_value=255)
+    return Image(pixels=np.moveaxis(array, 2, 0).astype(np.float32) / 255, max_value=255, source=str(path))
 
 
 def read_annotation(path: Path, size: int) -> np.ndarray:

@@ -22,8 +22,8 @@ import ctypes.util
 import functools
 import logging
 import math
+import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -52,11 +52,7 @@ CPU_BUDGET_RANGE = (1 << 30, 16 << 30)  # a quarter of the available memory, wit
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# glibc's mallopt parameters and their defaults (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
-_malloc_lock = threading.Lock()
-_malloc_depth = 0
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 class OutputError(RuntimeError):
@@ -74,32 +70,43 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-@contextmanager
-def freed_memory_reused() -> Iterator[None]:
-    """Within this block, memory freed by the process is kept for reuse instead of returned to the system.
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc keep memory the process frees, for reuse, instead of returning it at once; True if set.
 
     Each convolution of a large tile allocates its output anew (PyTorch does not cache CPU memory);
     glibc serves blocks that large with fresh mappings, whose pages the kernel zeroes on first touch:
     2 million page faults for the x4plus trunk on a 256x256 tile, and 1.3x its time on a 512x512 one
-    (docs/BENCHMARKS.md). Afterwards glibc's defaults are restored and the kept memory returned.
-    Nested and concurrent uses are counted; elsewhere than glibc this does nothing.
+    (docs/BENCHMARKS.md). The setting is process-wide and stays (glibc cannot go back to its adaptive
+    default); CPU inference calls it once, and gives the memory back with ``malloc_trim`` when it ends.
+    Left alone where the user tuned glibc's allocator (``GLIBC_TUNABLES``, ``MALLOC_*_``) and where
+    the C library is not glibc.
     """
-    global _malloc_depth
     libc = _glibc()
-    with _malloc_lock:
-        _malloc_depth += 1
-        if libc is not None and _malloc_depth == 1:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    tuned = "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(
+        k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+    if libc is None or tuned:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def return_freed_memory() -> None:
+    """Give the memory kept by ``keep_freed_memory`` back to the system."""
+    if keep_freed_memory():
+        _glibc().malloc_trim(0)
+
+
+@contextmanager
+def _freed_memory_kept(device: torch.device) -> Iterator[None]:
+    """On CPU, freed memory kept for reuse while the tiles run, and given back after."""
+    if device.type != "cpu":
+        yield
+        return
+    keep_freed_memory()
     try:
         yield
     finally:
-        with _malloc_lock:
-            _malloc_depth -= 1
-            if libc is not None and _malloc_depth == 0:
-                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
+        return_freed_memory()
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -129,8 +136,8 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return PRECISIONS[wanted if wanted in runs_in else "fp32"]
+        preferred = ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+        return PRECISIONS[next((p for p in preferred if p in runs_in), "fp32")]
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
     if precision not in runs_in:
@@ -142,6 +149,11 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
         log.warning("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and usually slower "
                     "than fp32 (about 4x on an AVX2 machine); fp32 is the default for that reason")
     return PRECISIONS[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """fp32, bf16 or fp16."""
+    return next(name for name, known in PRECISIONS.items() if known == dtype)
 
 
 def available_memory() -> int | None:
@@ -311,7 +323,7 @@ def upscale_tensor(
     out_per_cell = model.scale * cell
     run = _rrdbnet_runner(module, budget) if isinstance(module, RRDBNet) else _module_runner(module, out_per_cell)
     # Pad to whole cells (and the model's minimum) by replication; cropped afterwards.
-    pad_h, pad_w = (max(-n % cell, model.min_size - n) for n in (height, width))
+    pad_h, pad_w = (math.ceil(max(n, model.min_size) / cell) * cell - n for n in (height, width))
     if pad_h or pad_w:
         lq = F.pad(lq[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
     rows_c, cols_c = lq.shape[1] // cell, lq.shape[2] // cell  # sizes in cells from here on
@@ -322,8 +334,7 @@ def upscale_tensor(
     out = torch.zeros(channels, rows_c * out_per_cell, cols_c * out_per_cell)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     done, total = 0, len(rows) * len(cols)
-    reuse = freed_memory_reused() if device.type == "cpu" else nullcontext()
-    with torch.inference_mode(), autocast, reuse:
+    with torch.inference_mode(), autocast, _freed_memory_kept(device):
         for (top, bottom), wy in zip(rows, row_w, strict=True):
             for (left, right), wx in zip(cols, col_w, strict=True):
                 y0, y1 = max(top - context_c, 0), min(bottom + context_c, rows_c)

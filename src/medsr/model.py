@@ -56,6 +56,19 @@ class SRModel:
             raise ValueError(f"precisions {self.precisions}: fp32 and any of bf16, fp16")
         if not self.architecture:
             object.__setattr__(self, "architecture", type(self.module).__name__)
+        if isinstance(self.module, RRDBNet):
+            self._check_rrdbnet(self.module)
+
+    def _check_rrdbnet(self, net: RRDBNet) -> None:
+        """The engine's RRDBNet path works in the network's own units: its facts must be the network's."""
+        if self.size_multiple == 1:  # pixel-unshuffle needs sizes divisible by 4 / scale
+            object.__setattr__(self, "size_multiple", net.unshuffle)
+        facts = {"scale": net.scale, "size_multiple": net.unshuffle, "in_channels": net.num_in_ch,
+                 "out_channels": net.conv_last.out_channels}
+        wrong = [f"{key}={getattr(self, key)} (the network: {value})" for key, value in facts.items()
+                 if getattr(self, key) != value]
+        if wrong:
+            raise ValueError(f"{self.name}: an RRDBNet described with {', '.join(wrong)}")
 
     @property
     def exact_tiles(self) -> bool:
@@ -66,8 +79,8 @@ class SRModel:
 def describe_rrdbnet(net: RRDBNet, *, name: str = "RRDBNet", sources: tuple[tuple[Path, str], ...] = ()
                      ) -> SRModel:
     """The descriptor of an RRDBNet (a fixed scale; pixel-unshuffle needs sizes divisible by 4 / scale)."""
-    return SRModel(module=net, scale=net.scale, name=name, architecture="RRDBNet", in_channels=net.num_in_ch,
-                   out_channels=net.conv_last.out_channels, size_multiple=net.unshuffle, sources=sources)
+    return SRModel(module=net, scale=net.scale, name=name, in_channels=net.num_in_ch,
+                   out_channels=net.conv_last.out_channels, sources=sources)
 
 
 def as_model(model: SRModel | nn.Module) -> SRModel:
@@ -122,7 +135,7 @@ def load_foreign(state: dict[str, torch.Tensor], *, source: Path, sha256: str) -
         descriptor = spandrel.ModelLoader().load_from_state_dict(state)
     except spandrel.UnsupportedModelError:
         raise ValueError(f"{source}: neither an RRDBNet nor an architecture spandrel knows") from None
-    except (KeyError, ValueError, RuntimeError, AssertionError) as exc:
+    except Exception as exc:  # spandrel's detectors raise many types for a damaged or partial file
         raise ValueError(f"{source}: spandrel recognised the weights but could not build the network "
                          f"({type(exc).__name__}: {exc})") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose not in ("SR", "Restoration"):
@@ -132,7 +145,10 @@ def load_foreign(state: dict[str, torch.Tensor], *, source: Path, sha256: str) -
     if needs.square:
         raise ValueError(f"{source}: {descriptor.architecture.name} needs square inputs; medsr does not run those")
     precisions = ("fp32",) + ("bf16",) * descriptor.supports_bfloat16 + ("fp16",) * descriptor.supports_half
-    return SRModel(module=_SpandrelModule(descriptor).eval(), scale=descriptor.scale, name=source.name,
-                   architecture=descriptor.architecture.name, in_channels=descriptor.input_channels,
-                   out_channels=descriptor.output_channels, size_multiple=needs.multiple_of,
-                   min_size=needs.minimum, precisions=precisions, sources=((source, sha256),))
+    try:
+        return SRModel(module=_SpandrelModule(descriptor).eval(), scale=descriptor.scale, name=source.name,
+                       architecture=descriptor.architecture.name, in_channels=descriptor.input_channels,
+                       out_channels=descriptor.output_channels, size_multiple=needs.multiple_of,
+                       min_size=needs.minimum, precisions=precisions, sources=((source, sha256),))
+    except ValueError as exc:
+        raise ValueError(f"{source}: {descriptor.architecture.name}: {exc}") from None
