@@ -184,3 +184,33 @@ def test_torchrun_evaluate_with_two_processes_equals_one(tmp_path, tiny_net):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert one["summary"] == two["summary"] and one["statistics"] == two["statistics"]
+
+
+def test_a_model_that_overflows_on_one_image_skips_that_image(tmp_path, capsys):
+    """A non-finite output is reported for its image (no traceback) and the others are scored."""
+    import torch
+
+    from medsr import evaluate as ev
+    from medsr.model import SRModel
+
+    class BlowsUpOnBright(torch.nn.Module):
+        def forward(self, x):
+            up = torch.nn.functional.interpolate(x, scale_factor=2)
+            return up / (x.mean() < 0.5)  # inf for a bright image
+
+    for name, value in (("dark", 60), ("bright", 200)):
+        PILImage.fromarray(np.full((520, 520), value, np.uint8) + random_image(520, 520, 1).squeeze() // 8).save(
+            tmp_path / f"{name}.png")
+    model = SRModel(module=BlowsUpOnBright(), scale=2, name="fragile")
+    models = [ev.Model("fragile", lambda lr, size: medsr_upscale(lr, size, model))]
+    errors = []
+    options = ev.Options(protocol=PROTOCOLS["retina-x2"])
+    results = list(ev.evaluate(ev.find_samples(tmp_path), models, options, on_error=errors.append))
+    assert [r.sample.name for r in results] == ["dark"]
+    assert len(errors) == 1 and "bright.png" in errors[0] and "non-finite" in errors[0]
+
+
+def medsr_upscale(lr, size, model):
+    import medsr
+
+    return medsr.upscale(Image(pixels=lr, source="lr"), model=model, outscale=size / lr.shape[1]).pixels

@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 
 from medsr import metrics
 from medsr.image import Image, ImageError, quantize
+from medsr.infer import OutputError
 from medsr.io import read_image, reader_for
 from medsr.kernels import gaussian_blur
 from medsr.upscale import resize_lanczos, upscale
@@ -271,12 +272,15 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Re
 
 def evaluate(samples: list[Sample], models: list[Model], options: Options,
              on_error: Callable[[str], None] = print) -> Iterator[Result]:
-    """Evaluate each sample; a file that cannot be read is reported through ``on_error`` and skipped."""
+    """Evaluate each sample; a file that cannot be read, or a model output that cannot be scored
+    (non-finite, constant), is reported through ``on_error`` and the sample skipped."""
     for sample in samples:
         try:
             yield evaluate_sample(sample, models, options)
         except ImageError as exc:
             on_error(str(exc))
+        except OutputError as exc:  # raised on the LR made from the file: name the file
+            on_error(f"{sample.image}: {exc}")
 
 
 def per_image(results: list[Result]) -> dict[str, dict[str, list[float]]]:
