@@ -146,9 +146,15 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 inference is not supported on CPU; use fp32 or bf16")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and usually slower "
-                    "than fp32 (about 4x on an AVX2 machine); fp32 is the default for that reason")
+        _warn_emulated_bf16()
     return PRECISIONS[precision]
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process, not once per image."""
+    log.warning("bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and usually slower "
+                "than fp32 (about 4x on an AVX2 machine); fp32 is the default for that reason")
 
 
 def precision_name(dtype: torch.dtype) -> str:
