@@ -89,7 +89,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr chest X-ray fidelity model: x4plus fine-tuned with the pixel loss only (docs/models/"
                     "cxr-fidelity.md), x4",
         packaged="cxr-fidelity.safetensors",
-        sha256="6e294f5678326ab470759f0ca0c472336f2c8e8f47cf109111435a016f6bd41b",
+        sha256="49c0576458d0a9900497b95547e603e0ab442ae8147838d3fccb0b4b099af736",
     ),
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
