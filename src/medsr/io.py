@@ -137,7 +137,7 @@ def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
     """Every page of a TIFF as its own 2D gray or RGB(A) image (a stack is never read as colour),
     all with one value range: the slices of a stack must reach the network alike."""
     with tifffile.TiffFile(path) as tif:
-        pages = [page for page in tif.pages if not page.is_reduced]
+        pages = _full_pages(tif)
         if len(pages) < len(tif.pages):
             log.info("%s: %d reduced-resolution page(s) (thumbnails) left out", path, len(tif.pages) - len(pages))
         for page in pages:
@@ -153,6 +153,11 @@ def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
     extremes = np.array([min(c.min() for c in colour), max(c.max() for c in colour)], dtype=arrays[0].dtype)
     low, high, reason = pick_value_range(extremes, container, options.value_range, declared)
     return [replace(Image.from_integers(a, container, value_range=(low, high)), range_reason=reason) for a in arrays]
+
+
+def _full_pages(tif: tifffile.TiffFile) -> list:
+    """The pages of a TIFF that hold images, without reduced-resolution copies (thumbnails, pyramids)."""
+    return [page for page in tif.pages if not page.is_reduced]
 
 
 def _tiff_page(page, path: Path, count: int) -> np.ndarray:
@@ -253,7 +258,7 @@ def image_size(path: str | Path) -> tuple[int, int, int]:
             return int(ds.Rows), int(ds.Columns), dicom.frame_count(ds)
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
-                pages = [page for page in tif.pages if not page.is_reduced]
+                pages = _full_pages(tif)
                 return int(pages[0].imagelength), int(pages[0].imagewidth), len(pages)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)

@@ -443,8 +443,8 @@ def _known_state(name: str, location: Path) -> tuple[dict[str, torch.Tensor], tu
     """A known model's verified weights and (file, SHA-256), read once per process; each load_model
     call builds its own module from them (a caller may change its network without changing anyone
     else's). The file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
-    path, spec = resolve(name)
-    digest = spec.sha256 if spec.packaged and spec.sha256 else files.sha256(path)
+    path, spec = resolve(name)  # verified there: against weights.py, or against the cache's sidecar
+    digest = (spec.sha256 or files.sha256(path)) if spec.packaged else _sidecar(path).read_text().strip()
     return load_generator(path, preset=spec.preset).state_dict(), (path, digest)
 
 
