@@ -155,28 +155,27 @@ def test_big_endian_input_is_written_little_endian(tmp_path):
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
 
-def test_window_maps_modality_values_and_clips_outside(tmp_path):
+def test_window_chooses_the_networks_range_and_values_outside_it_are_kept(tmp_path):
     stored = np.arange(0, 4096, 4, dtype=np.uint16).reshape(32, 32)
     # slope 2, intercept -1000: modality = 2 * stored - 1000.
     make_dicom(tmp_path / "w.dcm", stored, photometric="MONOCHROME2", RescaleSlope=2, RescaleIntercept=-1000)
     image = read_image(tmp_path / "w.dcm", ReadOptions(window=(1000.5, 2001)))
-    # DICOM linear VOI: window from c - 0.5 - (w - 1)/2 = 0 to 2000 in modality, stored 500 to 1500.
-    mapping = image.meta["dicom_range"]
-    assert (mapping.low, mapping.high) == (500, 1500)
-    inside = (stored >= 500) & (stored <= 1500)
-    np.testing.assert_allclose(image.pixels[0][inside], (stored[inside] - 500) / 1000, atol=1e-6)
-    assert image.pixels[0][stored < 500].max() == 0 and image.pixels[0][stored > 1500].min() == 1
-    write_image(tmp_path / "o.dcm", image)
+    # DICOM linear VOI: window from c - 0.5 - (w - 1)/2 = 0 to 2000 in modality, stored 500 to 1500,
+    # of the full 12-bit range 0..4095 that the pixels keep.
+    assert image.window == pytest.approx((500 / 4095, 1500 / 4095))
+    np.testing.assert_allclose(image.pixels[0], stored / 4095, atol=1e-7)
+    sr = medsr.upscale(image, model=nearest_model())
+    write_image(tmp_path / "o.dcm", sr)
     back = pydicom.dcmread(tmp_path / "o.dcm").pixel_array
-    np.testing.assert_array_equal(back[inside], stored[inside])
-    np.testing.assert_array_equal(back[~inside], np.clip(stored[~inside], 500, 1500))
+    np.testing.assert_array_equal(back, np.kron(stored, np.ones((4, 4), np.uint16)))  # nothing clipped
 
 
 def test_file_window_is_used_when_asked(cxr12, tmp_path):
     path, _ = cxr12
-    mapping = read_image(path, ReadOptions(window="voi")).meta["dicom_range"]
-    # The file's window: centre 1500, width 2000 -> 1500 - 0.5 -/+ 999.5 (slope 1, intercept 0).
-    assert (mapping.low, mapping.high, mapping.invert) == (500, 2499, True)
+    image = read_image(path, ReadOptions(window="voi"))
+    # The file's window: centre 1500, width 2000 -> stored 1500 - 0.5 -/+ 999.5 (slope 1, intercept 0),
+    # of 0..4095, flipped (MONOCHROME1).
+    assert image.window == pytest.approx((1 - 2499 / 4095, 1 - 500 / 4095))
     ds = pydicom.dcmread(path)
     del ds.WindowCenter, ds.WindowWidth
     ds.save_as(tmp_path / "nowindow.dcm")

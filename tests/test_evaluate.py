@@ -196,11 +196,12 @@ def test_a_model_that_overflows_on_one_image_skips_that_image(tmp_path, capsys):
     class BlowsUpOnBright(torch.nn.Module):
         def forward(self, x):
             up = torch.nn.functional.interpolate(x, scale_factor=2)
-            return up / (x.mean() < 0.5)  # inf for a bright image
+            return up / (x.mean() < 0.5)  # inf for a mostly bright image (the network sees min..max as 0..1)
 
-    for name, value in (("dark", 60), ("bright", 200)):
-        PILImage.fromarray(np.full((520, 520), value, np.uint8) + random_image(520, 520, 1).squeeze() // 8).save(
-            tmp_path / f"{name}.png")
+    for name, value, other in (("dark", 60, 200), ("bright", 200, 60)):
+        pixels = np.full((520, 520), value, np.uint8) + random_image(520, 520, 1).squeeze() // 8
+        pixels[:40, :40] = other
+        PILImage.fromarray(pixels).save(tmp_path / f"{name}.png")
     model = SRModel(module=BlowsUpOnBright(), scale=2, name="fragile")
     models = [ev.Model("fragile", lambda lr, size: medsr_upscale(lr, size, model))]
     errors = []

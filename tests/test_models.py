@@ -32,7 +32,7 @@ def test_auto_picks_the_model_by_image_kind():
     gray = medsr.Image.from_array(random_image(8, 8, 1).squeeze())
     colour = medsr.Image.from_array(random_image(8, 8, 3))
     assert model_for(gray)[0] == "cxr" and model_for(colour)[0] == "retina"
-    assert model_for(gray, "realesrgan-x4plus") == ("realesrgan-x4plus", None)
+    assert model_for(gray, "realesrgan-x4plus") == ("realesrgan-x4plus", None, "as asked")
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from medsr import dicom, infer, weights
+from medsr.consistency import Consistency, content_range
 from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
@@ -49,8 +50,10 @@ class FileResult:
     precision: str | None = None  # what the network ran in: fp32, bf16, fp16
     values: str | None = None  # how values and channels were taken (``describe_values``)
     frames: int = 0
+    why: str | None = None  # why this model ("auto: DICOM Modality CR")
+    consistency: Consistency | None = None  # how far the output averages back to the input (worst frame)
     detail: float | None = None  # with detail maps: RMS added detail, 8-bit levels (medsr.detail)
-    consistency: float | None = None  # with detail maps: RMS of downscaled output minus input
+    consistency_rms: float | None = None  # with detail maps: RMS of Lanczos-downscaled output minus input
     error: str | None = None
 
     @property
@@ -170,6 +173,8 @@ def upscale_files(
     progress: Callable[[Path, int, int], None] | None = None,
     fidelity: float | None = None,
     maps: bool = False,
+    consistency: bool = True,
+    allow_inconsistent: bool = False,
 ) -> Iterator[FileResult]:
     """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
 
@@ -178,7 +183,9 @@ def upscale_files(
     back as one stack. Named models load once. ``progress(source, done, total)`` follows the tiles.
     ``fidelity`` blends the medical models (see ``medsr.load_model``). ``maps`` writes beside each
     output its detail and consistency maps (``a.png.detail.png``, ``a.png.consistency.png``; see
-    ``medsr.detail``) and puts their scores in the result.
+    ``medsr.detail``) and puts their scores in the result. ``consistency`` and
+    ``allow_inconsistent`` are ``medsr.upscale``'s; a stack has one value range for all its frames,
+    and an output beyond the tolerance is an error for its file, with nothing written.
 
     Raises:
         WeightsError: the model cannot be loaded (the whole batch would fail).
@@ -197,12 +204,14 @@ def upscale_files(
             frames = read_frames(source, options)
             check_writable(target, frames)  # before the model runs, not after
             if isinstance(model, SRModel | torch.nn.Module):
-                chosen = as_model(model)
+                chosen, why = as_model(model), "as asked"
             else:
-                key = model_for(frames[0], model, fidelity)
+                *key, why = model_for(frames[0], model, fidelity)
+                key = tuple(key)
                 if key not in loaded:
                     loaded[key] = weights.load_model(key[0], fidelity=key[1])
                 chosen = loaded[key]
+            stack_range = content_range([frame.pixels for frame in frames])
             outputs = []
             for index, frame in enumerate(frames):
                 def tiles(done: int, total: int, index: int = index, source: Path = source,
@@ -210,7 +219,8 @@ def upscale_files(
                     if progress:
                         progress(source, index * total + done, count * total)
                 outputs.append(upscale(frame, model=chosen, outscale=outscale, tile=tile, device=device,
-                                       precision=precision, progress=tiles))
+                                       precision=precision, progress=tiles, consistency=consistency,
+                                       allow_inconsistent=allow_inconsistent, stack_range=stack_range))
             write_frames(target, outputs, overwrite=overwrite)
             scores = _write_maps(target, frames, outputs, overwrite) if maps else (None, None)
         except weights.WeightsError:
@@ -223,8 +233,9 @@ def upscale_files(
         log.info("%s -> %s (%s)", source, target, chosen.name)
         ran_in = infer.precision_name(infer.pick_precision(precision, infer.pick_device(device), chosen))
         yield FileResult(source=source, target=target, model=chosen.name, scale=outscale or chosen.scale,
-                         precision=ran_in, values=describe_values(frames[0]),
-                         frames=len(frames), detail=scores[0], consistency=scores[1])
+                         precision=ran_in, values=describe_values(frames[0]), frames=len(frames), why=why,
+                         consistency=Consistency.worst([out.consistency for out in outputs]),
+                         detail=scores[0], consistency_rms=scores[1])
 
 
 def _write_maps(target: Path, inputs: list[Image], outputs: list[Image], overwrite: bool) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from medsr import batch, dicom, weights
 from medsr.config import PRESETS
+from medsr.consistency import Consistency
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
 from medsr.io import WRITERS, ImageError, read_frames, read_image, reader_for
@@ -45,7 +46,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None:
-        check_outscale(args.outscale)
+        check_outscale(args.outscale, consistency=args.consistency == "on")
     options = ReadOptions(max_pixels=args.max_pixels, window=dicom.parse_window(args.window),
                           value_range=parse_range(args.range))
     index, count = (batch.shard_from_environment(slurm=args.shard == "auto") if args.shard in (None, "auto")
@@ -64,10 +65,12 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
-                                  progress=progress, fidelity=args.fidelity, maps=args.detail_map)
+                                  progress=progress, fidelity=args.fidelity, maps=args.detail_map,
+                                  consistency=args.consistency == "on", allow_inconsistent=args.allow_inconsistent)
     used: Counter[str] = Counter()  # "model x4 fp32": files
-    paths: Counter[str] = Counter()  # how values and channels were taken, for the summary
+    paths: Counter[str] = Counter()  # how values and channels were taken, and why each model, for the summary
     scores: list[str] = []
+    kept: list[Consistency] = []
     failed, start = 0, time.perf_counter()
     try:
         for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2 or None):
@@ -77,8 +80,10 @@ def run_upscale(args: argparse.Namespace) -> int:
                 used[f"{result.model} x{result.scale:g} {result.precision}"] += 1
                 stack = f", {result.frames} frames each" if result.frames > 1 else ""
                 paths[result.values + stack] += 1
+                paths[f"model {result.model}: {result.why}"] += 1
+                kept.append(result.consistency)
                 if result.detail is not None:
-                    scores.append(f"  detail {result.detail:5.2f}  consistency {result.consistency:5.2f}  "
+                    scores.append(f"  detail {result.detail:5.2f}  consistency {result.consistency_rms:5.2f}  "
                                   f"{result.target}")
             else:
                 _error(result.error)
@@ -88,7 +93,7 @@ def run_upscale(args: argparse.Namespace) -> int:
         failed += 1
     seconds = time.perf_counter() - start
     if ranks:  # rank 0 reports for all
-        used, paths, failed, scores = _merged(ranks, used, paths, failed, scores)
+        used, paths, failed, scores, kept = _merged(ranks, used, paths, failed, scores, kept)
         if ranks.get_rank() != 0:
             return 1 if failed else 0
     share = f" (share {index} of {count})" if count > 1 and not ranks else ""
@@ -97,6 +102,10 @@ def run_upscale(args: argparse.Namespace) -> int:
           f"{failed} failed")
     for path, count in sorted(paths.items()):
         print(f"  {count} file(s): {path}")
+    if kept:
+        projection = "projected" if args.consistency == "on" else "raw network, not projected"
+        print(f"values kept ({projection}; each output averaged back onto its input, % of the input's value span; "
+              f"worst of {len(kept)} file(s)): {Consistency.worst(kept)}")
     if scores:
         print("added detail and consistency (RMS, 8-bit levels; maps beside each output, see the README):")
         print("\n".join(scores))
@@ -134,16 +143,17 @@ def _rank_device(device: str, ranks) -> torch.device:
     return chosen
 
 
-def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str]):
+def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str], kept: list):
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (used, paths, failed, scores))
-    used, paths, failed, scores = Counter(), Counter(), 0, []
-    for part_used, part_paths, part_failed, part_scores in gathered:
+    dist.all_gather_object(gathered, (used, paths, failed, scores, kept))
+    used, paths, failed, scores, kept = Counter(), Counter(), 0, [], []
+    for part_used, part_paths, part_failed, part_scores, part_kept in gathered:
         used.update(part_used)
         paths.update(part_paths)
         failed += part_failed
         scores += part_scores
-    return used, paths, failed, scores
+        kept += part_kept
+    return used, paths, failed, scores, kept
 
 
 def parse_range(text: str) -> str | tuple[float, float]:
@@ -394,8 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
     up.add_argument("--range", default="auto", metavar="auto|full|LO,HI", help=RANGE_HELP)
     up.add_argument("--window", default=None, metavar="C,W|voi",
-                    help="DICOM: map this window (modality units) to the model's range, or the file's "
-                         "own (voi); default: the full stored range, exactly invertible")
+                    help="DICOM: the window (modality units) the network's range maps to, or the file's own "
+                         "(voi); values outside it are kept (default: the image's own min..max)")
+    up.add_argument("--consistency", default="on", choices=["on", "off"],
+                    help="on (default): correct the output so that it averages back to the input and stays in its "
+                         "range; off: the raw network (still measured)")
+    up.add_argument("--allow-inconsistent", action="store_true",
+                    help="write outputs that do not average back to their inputs within the tolerance (see the "
+                         "README), instead of refusing them")
     up.set_defaults(run=run_upscale)
 
     info = sub.add_parser("info", help="show what medsr sees in image files (size, bits, DICOM details)")

@@ -1,10 +1,11 @@
 """DICOM in and out: stored values to [0, 1] and back exactly, metadata kept true.
 
-Mapping. A ``StoredRange`` maps stored pixel values linearly to [0, 1]: by default the full range
-the file can store (0..2**BitsStored - 1, or the signed equivalent), which its inverse restores
-exactly; or a window (centre, width, in modality units after RescaleSlope/Intercept, with the
-DICOM linear VOI function of PS3.3 C.11.2.1.2.1), which clips values outside it. MONOCHROME1 is
-flipped so that the network sees the image as displayed, and flipped back on writing.
+Mapping. A ``StoredRange`` maps stored pixel values linearly to [0, 1] over the full range the
+file can store (0..2**BitsStored - 1, or the signed equivalent), which its inverse restores
+exactly. A window (centre, width, in modality units after RescaleSlope/Intercept, with the DICOM
+linear VOI function of PS3.3 C.11.2.1.2.1) chooses what the network's range maps to
+(``Image.window``); values outside it are kept. MONOCHROME1 is flipped so that the network sees
+the image as displayed, and flipped back on writing.
 
 Writing. The output keeps every element of the input except those that describe the pixels
 (rows, columns, pixel data: written uncompressed, explicit VR little endian), the spacings
@@ -57,9 +58,9 @@ class StoredRange:
     high: float
     invert: bool = False
 
-    def to_unit(self, stored: np.ndarray) -> np.ndarray:
+    def to_unit(self, stored: np.ndarray, *, clip: bool = True) -> np.ndarray:
         unit = (stored.astype(np.float64) - self.low) / (self.high - self.low)
-        unit = np.clip(unit, 0, 1)
+        unit = np.clip(unit, 0, 1) if clip else unit
         return (1 - unit if self.invert else unit).astype(np.float32)
 
     def to_stored(self, unit: np.ndarray, dtype: np.dtype, bits_stored: int) -> np.ndarray:
@@ -102,29 +103,35 @@ def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
     return first(ds.WindowCenter), first(ds.WindowWidth)
 
 
-def stored_range(ds: Dataset, dtype: np.dtype, window: str | tuple[float, float] | None, path: Path,
-                 bits: int | None = None) -> StoredRange:
-    """The mapping for this file (see the module docstring); ``bits``: of the decoded values, when
-    they differ from BitsStored (a palette's entries)."""
-    invert = ds.PhotometricInterpretation == "MONOCHROME1"
+def stored_range(ds: Dataset, dtype: np.dtype, bits: int | None = None) -> StoredRange:
+    """The full range the file can store, mapped to [0, 1] (flipped for MONOCHROME1); ``bits``: of
+    the decoded values, when they differ from BitsStored (a palette's entries)."""
     low, high = stored_limits(dtype, bits or int(ds.BitsStored))
-    if window is None or ds.SamplesPerPixel != 1 or ds.PhotometricInterpretation == "PALETTE COLOR":
-        return StoredRange(low=low, high=high, invert=invert)
+    return StoredRange(low=low, high=high, invert=ds.PhotometricInterpretation == "MONOCHROME1")
+
+
+def window_range(ds: Dataset, mapping: StoredRange, window: str | tuple[float, float], path: Path
+                 ) -> tuple[float, float] | None:
+    """A window (centre, width in modality units, or "voi": the file's first) as the [0, 1] values of
+    ``mapping`` that it spans, for the network's range; None for colour images, which have none."""
+    if ds.SamplesPerPixel != 1 or ds.PhotometricInterpretation == "PALETTE COLOR":
+        return None
     centre, width = _window_of(ds, path) if window == "voi" else window
     try:
         check_window(centre, width, f"{path}: window {centre:g},{width:g}")
     except ValueError as exc:
         raise ImageError(str(exc)) from None
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    # Modality values at the window's ends, back to stored values.
-    ends = [(centre - 0.5 + side * (width - 1) / 2 - intercept) / slope for side in (-1, 1)]
-    mapped = StoredRange(low=min(ends), high=max(ends), invert=invert)
-    # A window far wider than the stored values squeezes the image into a few output levels, and
-    # one beside them makes it constant: both would write a plausible-looking wrong image.
-    if mapped.high - mapped.low > 2 * (high - low) or mapped.high <= low or mapped.low >= high:
-        raise ImageError(f"{path}: window {centre:g},{width:g} (stored {mapped.low:g}..{mapped.high:g}) does not "
-                         f"fit the stored values {low}..{high}: it is more than twice as wide or misses them")
-    return mapped
+    # Modality values at the window's ends (the linear VOI function of PS3.3 C.11.2.1.2.1), as stored values.
+    ends = sorted((centre - 0.5 + side * (width - 1) / 2 - intercept) / slope for side in (-1, 1))
+    # A window far wider than the stored values squeezes the image into a few of the network's
+    # levels, and one beside them makes its input constant.
+    if ends[1] - ends[0] > 2 * (mapping.high - mapping.low) or ends[1] <= mapping.low or ends[0] >= mapping.high:
+        raise ImageError(f"{path}: window {centre:g},{width:g} (stored {ends[0]:g}..{ends[1]:g}) does not "
+                         f"fit the stored values {mapping.low:g}..{mapping.high:g}: it is more than twice as wide "
+                         "or misses them")
+    unit = sorted(float(v) for v in mapping.to_unit(np.array(ends), clip=False))
+    return unit[0], unit[1]
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -187,19 +194,23 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     bits = int(ds.BitsStored)
     if ds.PhotometricInterpretation == "PALETTE COLOR":  # the palette's RGB is the picture
         stored, bits = _from_palette(ds, stored, path)
-    mapping = stored_range(ds, stored.dtype, options.window, path, bits=bits)
+    mapping = stored_range(ds, stored.dtype, bits=bits)
+    window = None if options.window is None else window_range(ds, mapping, options.window, path)
     if frame_count(ds) == 1:
         stored = stored[None]
     del ds.PixelData  # the decoded copy is in ``stored``; the writer sets new pixel data
     # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
     meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("="), "dicom_bits": bits}
-    reason = (f"DICOM: {ds.BitsStored} bits stored" if options.window is None
-              else f"DICOM window, stored {mapping.low:g}..{mapping.high:g}")
+    reason = f"DICOM: {ds.BitsStored} bits stored"
+    if window is not None:
+        reason += f"; the network sees the window, stored {window[0] * (mapping.high - mapping.low) + mapping.low:g}.."
+        reason += f"{window[1] * (mapping.high - mapping.low) + mapping.low:g}"
     frames = []
     for frame in stored:
         pixels = mapping.to_unit(frame)
         pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
         frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=255 if bits <= 8 else 65535,
+                            levels=mapping.high - mapping.low, window=window, modality=ds.get("Modality") or None,
                             meta=dict(meta), range_reason=reason))
     return frames
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medsr.consistency import Consistency
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -94,7 +98,12 @@ class Image:
         range_reason: why ``min_value..max_value`` was chosen (shown by ``medsr info`` and runs).
         stored_as_rgb: gray pixels that came from (and go back to) a colour file with equal channels.
         source: the file it was read from ("array" for arrays), for messages.
+        modality: what the image shows, where the file says (DICOM Modality: CT, MR, CR, OP, ...).
+        window: the [0, 1] values the network's range maps to when one was chosen (a DICOM window);
+            None: the image's own range. Values outside it are kept, never clipped.
+        levels: stored steps from 0.0 to 1.0 where they are not ``max_value - min_value`` (DICOM).
         model: the model that produced it, when ``upscale`` did (DICOM outputs name it).
+        consistency: how far it averages back to its input, when ``upscale`` made it.
         meta: format details kept for writing, each read and written by its format's module
             (``dpi``, ``icc_profile``; ``dicom`` and its ``dicom_*`` companions).
     """
@@ -107,7 +116,11 @@ class Image:
     range_reason: str = ""
     stored_as_rgb: bool = False
     source: str = "array"
+    modality: str | None = None
+    window: tuple[float, float] | None = None
+    levels: float | None = None
     model: str | None = None
+    consistency: Consistency | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -118,6 +131,11 @@ class Image:
     @property
     def value_range(self) -> tuple[float, float]:
         return self.min_value, self.max_value
+
+    @property
+    def steps(self) -> float:
+        """Stored levels from 0.0 to 1.0: one level is ``1 / steps`` in pixel units."""
+        return self.levels if self.levels is not None else self.max_value - self.min_value
 
     @property
     def is_gray(self) -> bool:

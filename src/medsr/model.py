@@ -19,6 +19,35 @@ from medsr.nets.rrdbnet import RRDBNet
 ALL_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Domain:
+    """What a model was trained on, so that an image outside it is named (it still runs).
+
+    Attributes:
+        description: in words, for messages ("8-bit chest X-rays, NIH ChestX-ray14").
+        modalities: DICOM Modality codes of the images it knows (CR, DX, ...); empty: none of them
+            (a model of photographs).
+        channels: 1 (gray) and/or 3 (colour).
+        bit_depths: of the files it was trained on (8, 16).
+    """
+
+    description: str
+    modalities: tuple[str, ...] = ()
+    channels: tuple[int, ...] = (1, 3)
+    bit_depths: tuple[int, ...] = (8,)
+
+    def mismatch(self, *, modality: str | None, channels: int, bit_depth: int) -> str | None:
+        """What about an image lies outside the domain, in words; None when nothing does."""
+        found = []
+        if modality is not None and modality not in self.modalities:
+            found.append(f"DICOM Modality {modality}")
+        if channels not in self.channels:
+            found.append("gray" if channels == 1 else "colour")
+        if bit_depth not in self.bit_depths:
+            found.append(f"{bit_depth}-bit")
+        return ", ".join(found) or None
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SRModel:
     """A super-resolution network and what the engine needs to know about it.
@@ -40,6 +69,7 @@ class SRModel:
     # (checkpoint file, its SHA-256) for each file the weights came from (two for a fidelity blend);
     # empty for a module built in memory
     sources: tuple[tuple[Path, str], ...] = ()
+    domain: Domain | None = None  # what it was trained on, where known
 
     def __post_init__(self) -> None:
         if not isinstance(self.module, nn.Module):
@@ -76,11 +106,11 @@ class SRModel:
         return isinstance(self.module, RRDBNet)
 
 
-def describe_rrdbnet(net: RRDBNet, *, name: str = "RRDBNet", sources: tuple[tuple[Path, str], ...] = ()
-                     ) -> SRModel:
+def describe_rrdbnet(net: RRDBNet, *, name: str = "RRDBNet", sources: tuple[tuple[Path, str], ...] = (),
+                     domain: Domain | None = None) -> SRModel:
     """The descriptor of an RRDBNet (a fixed scale; pixel-unshuffle needs sizes divisible by 4 / scale)."""
     return SRModel(module=net, scale=net.scale, name=name, in_channels=net.num_in_ch,
-                   out_channels=net.conv_last.out_channels, sources=sources)
+                   out_channels=net.conv_last.out_channels, sources=sources, domain=domain)
 
 
 def as_model(model: SRModel | nn.Module) -> SRModel:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,6 +14,7 @@ import torch
 from PIL import Image as PILImage
 
 from medsr import infer
+from medsr.consistency import DEFAULT_TOLERANCE, ConsistencyError, Tolerance, content_range, enforce, measure
 from medsr.image import ImageError, ReadOptions
 from medsr.infer import OutputError, pick_device, upscale_tensor
 from medsr.io import Image, read_image
@@ -19,29 +22,50 @@ from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
 from medsr.weights import load_model
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "auto"
 
 
 DEFAULT_FIDELITY: float | None = 1.0  # "auto" without a fidelity: the fidelity model (docs/models/*-fidelity.md)
 
 
+# DICOM Modality codes and the medical model for them under "auto"
+CHEST_XRAY_MODALITIES = ("CR", "DX", "MG")  # computed and digital radiography, mammography
+FUNDUS_MODALITIES = ("OP", "XC")  # ophthalmic and external-camera photography
+
+
 def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float | None = None
-              ) -> tuple[str | Path, float | None]:
-    """(model, fidelity) to load: ``model`` itself, or for "auto" the medical model for the image's
-    kind (``cxr`` for gray images, ``retina`` for colour fundus images) at ``fidelity``, by default
+              ) -> tuple[str | Path, float | None, str]:
+    """(model, fidelity, why) to load: ``model`` itself, or for "auto" the medical model for the
+    image: by its DICOM Modality where it has one (CR/DX/MG: ``cxr``; OP/XC: ``retina``; others,
+    CT and MR among them, have no model of their own yet: the gray or colour one, at fidelity 1),
+    else ``cxr`` for gray images and ``retina`` for colour; at ``fidelity``, by default
     ``DEFAULT_FIDELITY``."""
     if str(model) != "auto":
-        return model, fidelity
-    return ("cxr" if image.is_gray else "retina"), DEFAULT_FIDELITY if fidelity is None else fidelity
+        return model, fidelity, "as asked"
+    kind = "cxr" if image.is_gray else "retina"
+    fidelity = DEFAULT_FIDELITY if fidelity is None else fidelity
+    if image.modality in CHEST_XRAY_MODALITIES:
+        return "cxr", fidelity, f"auto: DICOM Modality {image.modality}"
+    if image.modality in FUNDUS_MODALITIES:
+        return "retina", fidelity, f"auto: DICOM Modality {image.modality}"
+    if image.modality is not None:
+        return kind, 1.0, (f"auto: no model is trained on DICOM Modality {image.modality}; the "
+                           f"{'gray' if image.is_gray else 'colour'} fidelity model, with the consistency projection")
+    return kind, fidelity, f"auto: a {'gray' if image.is_gray else 'colour'} image"
 
 
 MAX_OUTSCALE = 16
 
 
-def check_outscale(outscale: float) -> float:
+def check_outscale(outscale: float, *, consistency: bool = True) -> float:
     outscale = float(outscale)
     if not (math.isfinite(outscale) and 0 < outscale <= MAX_OUTSCALE):
         raise ValueError(f"outscale {outscale:g}: must be a number above 0 and at most {MAX_OUTSCALE}")
+    if consistency and outscale < 1:
+        raise ValueError(f"outscale {outscale:g}: below 1 an output cannot average back to its input; "
+                         "use at least 1, or turn consistency off")
     return outscale
 
 
@@ -59,7 +83,7 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
     network_out = height * scale * width * scale * channels * 4
     final = out_size[0] * out_size[1] * channels * 4
     tiles = infer.activation_bytes(height, width, infer.memory_budget(device)) if device.type == "cpu" else 0
-    need = 2 * network_out + 2 * final + tiles
+    need = 2 * network_out + 8 * final + tiles  # the projection holds float64 copies of the result
     if need > available:
         raise ImageError(f"{source}: x{out_size[0] / height:g} of {width}x{height} needs about "
                          f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available now; "
@@ -86,18 +110,30 @@ def upscale(
     progress: Callable[[int, int], None] | None = None,
     value_range: str | tuple[float, float] = "auto",
     fidelity: float | None = None,
+    consistency: bool = True,
+    allow_inconsistent: bool = False,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    stack_range: tuple[float, float] | None = None,
 ) -> Image | np.ndarray:
-    """Super-resolve an image.
+    """Super-resolve an image, keeping its values: the output averages back to the input.
+
+    The network sees the image's own range (its min..max, or ``stack_range``, or a DICOM window)
+    mapped to [0, 1], and its output is mapped back exactly. With ``consistency`` (the default) the
+    output is then projected so that each input pixel is the mean of the output pixels over it and
+    no value leaves the input's range (``medsr.consistency``). Either way the consistency is
+    measured (``Image.consistency``) and an output beyond ``tolerance`` is an error.
 
     Args:
         image: an ``Image``, a file path, or an array (H, W) / (H, W, C) of uint8, uint16 or
             float in [0, 1]; an array in gives an array of the same dtype out.
-        model: "auto" (``cxr`` for gray images, ``retina`` for colour), a known model name
-            ("realesrgan-x4plus" for the general model), a checkpoint path (RRDBNet; other
-            architectures with spandrel installed), a loaded ``SRModel`` (load once with
-            ``medsr.load_model`` when upscaling many images) or an ``RRDBNet``.
-        outscale: final scale factor; the default is the model's own. Other factors run the model
-            and then resize with Lanczos (x2 with the x4 model, as upstream does).
+        model: "auto" (the medical model for the image: by DICOM Modality, else ``cxr`` for gray
+            images and ``retina`` for colour), a known model name ("realesrgan-x4plus" for the
+            general model), a checkpoint path (RRDBNet; other architectures with spandrel
+            installed), a loaded ``SRModel`` (load once with ``medsr.load_model`` when upscaling
+            many images) or an ``RRDBNet``.
+        outscale: final scale factor, at least 1; the default is the model's own. Other factors run
+            the model and then resize with Lanczos (x2 with the x4 model, as upstream does); the
+            consistency holds on the final grid.
         tile: LR tile side; None picks one from a memory budget, 0 runs the whole image at once.
         fidelity: for the medical models (and "auto"), 0..1 from the GAN model (sharp) to the
             fidelity model (faithful), by blending their weights; see ``medsr.load_model``.
@@ -105,14 +141,22 @@ def upscale(
             "auto" (what the file declares, else for 16-bit data the smallest of 8/10/12/14/16 bits
             that holds the maximum; floats: [0, 1]), "full" (the container's range) or (low, high).
             The output uses the same range.
+        consistency: project the network's output onto the outputs that average back to the input
+            (False: the raw network, still measured and checked).
+        allow_inconsistent: return an output beyond ``tolerance`` instead of raising.
+        stack_range: (min, max) of the whole stack the image is a frame of, in its [0, 1] units:
+            one mapping, one range bound and one span for every frame.
 
     Raises:
         OutputError: the network's output is non-finite or constant where the input is not;
-            nothing is returned to be written.
+            ``ConsistencyError`` (an OutputError) when the output does not average back to the
+            input within ``tolerance``. Nothing is returned to be written.
 
     Example:
         >>> sr = medsr.upscale("chest.png", outscale=2)      # doctest: +SKIP
         >>> medsr.write_image("chest_x2.png", sr)            # doctest: +SKIP
+        >>> print(sr.consistency)                           # doctest: +SKIP
+        mean shift +0.000%, mean abs error 0.000%, 0.000% beyond range
     """
     as_array = isinstance(image, np.ndarray)
     if as_array:
@@ -125,28 +169,43 @@ def upscale(
             raise ValueError("fidelity blends named medical models; give model='retina' or 'cxr', not a network")
         model = as_model(model)
     else:
-        name, fidelity = model_for(image, model, fidelity)
+        name, fidelity, _ = model_for(image, model, fidelity)
         model = load_model(name, fidelity=fidelity)
     name = model.name
-    outscale = check_outscale(model.scale if outscale is None else outscale)
+    outscale = check_outscale(model.scale if outscale is None else outscale, consistency=consistency)
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
     source = image.source
     _check_memory(image, model.scale, (out_h, out_w), pick_device(device), source)
+    _warn_out_of_domain(model, image)
+    low, high = stack_range or content_range(image.pixels)
+    net_low, net_high = image.window or (low, high)
+    spread = max(net_high - net_low, np.finfo(np.float32).tiny)
+    lq = np.clip((image.pixels - net_low) / spread, 0, 1, dtype=np.float32)
     try:
-        sr = upscale_tensor(model, torch.from_numpy(image.pixels), tile=tile, device=device, precision=precision,
+        sr = upscale_tensor(model, torch.from_numpy(lq), tile=tile, device=device, precision=precision,
                             progress=progress).numpy()
     except OutputError as exc:
         raise OutputError(f"{source}: model {name}: {exc}; nothing written") from None
-    if np.ptp(sr) == 0 and np.ptp(image.pixels) > 0:
+    if np.ptp(sr) == 0 and np.ptp(lq) > 0:
         raise OutputError(f"{source}: model {name} gave a constant image for a non-constant input; nothing written")
+    sr = sr * np.float32(spread) + np.float32(net_low)  # the exact inverse of the network's mapping
     if sr.shape[1:] != (out_h, out_w):
         sr = resize_lanczos(sr, out_h, out_w)
+    levels = None if as_array and dtype not in (np.uint8, np.uint16) else image.steps
+    if consistency:
+        sr = enforce(sr, image.pixels, bounds=(low, high), levels=levels)
+    found = measure(sr if levels is None else np.rint(sr * levels) / levels, image.pixels, value_range=(low, high),
+                    tolerance=tolerance)
+    if not allow_inconsistent and found.exceeds(tolerance):
+        raise ConsistencyError(f"{source}: model {name}: the output does not average back to the input: "
+                               f"{', '.join(found.exceeds(tolerance))}; nothing written (the allow-inconsistent "
+                               "option writes it anyway)")
     alpha = None if image.alpha is None else resize_lanczos(image.alpha, out_h, out_w)
     meta = dict(image.meta)
     if "dpi" in meta:  # same physical size, more pixels
         meta["dpi"] = tuple(d * out_w / width for d in meta["dpi"])
-    result = replace(image, pixels=sr, alpha=alpha, model=name, meta=meta)
+    result = replace(image, pixels=sr, alpha=alpha, model=name, consistency=found, meta=meta)
     if not as_array:
         return result
     if dtype in (np.uint8, np.uint16):
@@ -157,3 +216,19 @@ def upscale(
     colour *= high - low
     colour += low
     return out
+
+
+def _warn_out_of_domain(model: SRModel, image: Image) -> None:
+    if model.domain is None:  # a foreign or home-made model: its training data is not known
+        return
+    mismatch = model.domain.mismatch(modality=image.modality, channels=image.pixels.shape[0],
+                                     bit_depth=image.bit_depth)
+    if mismatch:
+        _warn_once(model.name, model.domain.description, mismatch)
+
+
+@functools.cache
+def _warn_once(name: str, domain: str, mismatch: str) -> None:
+    """Once per process and kind of mismatch, not once per image of a batch."""
+    log.warning("model %s was trained on %s; these images are %s, outside it (it runs: check the outputs)",
+                name, domain, mismatch)

