@@ -174,7 +174,7 @@ def test_every_format_averages_back(tmp_path, kind, tile, any_model):
     sr = medsr.upscale(read_image(tmp_path / f"in{suffix}"), model=any_model, tile=tile)
     medsr.write_image(tmp_path / f"out{suffix}", sr)
     found = averaged_back(stored, _read_back(tmp_path / f"out{suffix}"))
-    assert_within(found)
+    assert found["mean_abs_error"] == 0 and found["beyond"] == 0, found  # integer scale: exact
     assert sr.consistency.mean_shift == pytest.approx(found["mean_shift"], abs=1e-3)  # medsr measures the same
 
 
@@ -186,7 +186,8 @@ def test_dicom_averages_back(tmp_path, photometric, bits, signed, any_model):
     make_dicom(tmp_path / "in.dcm", stored, photometric=photometric, bits_stored=bits, PixelRepresentation=int(signed))
     sr = medsr.upscale(read_image(tmp_path / "in.dcm"), model=any_model)
     medsr.write_image(tmp_path / "out.dcm", sr)
-    assert_within(averaged_back(stored, pydicom.dcmread(tmp_path / "out.dcm").pixel_array))
+    found = averaged_back(stored, pydicom.dcmread(tmp_path / "out.dcm").pixel_array)
+    assert found["mean_abs_error"] == 0 and found["beyond"] == 0, found  # integer scale: exact
 
 
 def test_rgb_dicom_averages_back(tmp_path, any_model):
@@ -269,6 +270,9 @@ def test_cli_options_and_summary(tmp_path, capsys):
     assert "raw network, not projected" in capsys.readouterr().out
     assert main([*args, "-o", str(tmp_path / "half.png"), "--outscale", "0.5"]) == 2
     assert "below 1 an output cannot average back" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "half.png"), "--outscale", "0.5", "--consistency", "off"]) == 0
+    assert "values kept" not in capsys.readouterr().out  # nothing to average back to
+    assert read_image(tmp_path / "half.png").size == (16, 20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,3 +343,32 @@ def test_the_general_model_keeps_values_too(tmp_path, x4plus):
     sr = medsr.upscale(read_image(path), model=x4plus)
     medsr.write_image(tmp_path / "out.dcm", sr)
     assert_within(averaged_back(pydicom.dcmread(path).pixel_array, pydicom.dcmread(tmp_path / "out.dcm").pixel_array))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: projected and raw side by side
+
+
+def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
+    from medsr import evaluate as ev
+
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(520, 520, 3)).save(data / "a.png")
+    model = medsr.SRModel(module=DarkeningNet().eval(), scale=4, name="darkening")
+
+    def run(lr, size):
+        return medsr.upscale(medsr.Image(pixels=lr), model=model, outscale=size / lr.shape[1], consistency=False,
+                             allow_inconsistent=True).pixels
+
+    models = [ev.Model("bicubic", lambda lr, size: ev.resize_bicubic(lr, size, size)),
+              ev.Model("darkening", run, network=True)]
+    [result] = ev.evaluate(ev.find_samples(data), models, ev.Options(protocol=ev.PROTOCOLS["retina-x2"],
+                                                                     consistency="both"))
+    assert list(result.rows) == ["bicubic", "darkening", "darkening raw"]
+    assert measure(result.outputs["darkening raw"], result.lr).mean_shift < -5
+    assert not measure(result.outputs["darkening"], result.lr).exceeds()
+    assert result.rows["darkening"]["psnr"] > result.rows["darkening raw"]["psnr"] + 3
+    np.testing.assert_array_equal(result.outputs["bicubic"], ev.resize_bicubic(result.lr, 512, 512))  # as it was
+    with pytest.raises(ValueError, match="consistency 'sometimes'"):
+        ev.Options(protocol=ev.PROTOCOLS["retina-x2"], consistency="sometimes")

@@ -234,7 +234,7 @@ def upscale_files(
         ran_in = infer.precision_name(infer.pick_precision(precision, infer.pick_device(device), chosen))
         yield FileResult(source=source, target=target, model=chosen.name, scale=outscale or chosen.scale,
                          precision=ran_in, values=describe_values(frames[0]), frames=len(frames), why=why,
-                         consistency=Consistency.worst([out.consistency for out in outputs]),
+                         consistency=Consistency.worst([out.consistency for out in outputs if out.consistency]),
                          detail=scores[0], consistency_rms=scores[1])
 
 

@@ -81,7 +81,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                 stack = f", {result.frames} frames each" if result.frames > 1 else ""
                 paths[result.values + stack] += 1
                 paths[f"model {result.model}: {result.why}"] += 1
-                kept.append(result.consistency)
+                kept += [result.consistency] if result.consistency else []
                 if result.detail is not None:
                     scores.append(f"  detail {result.detail:5.2f}  consistency {result.consistency_rms:5.2f}  "
                                   f"{result.target}")
@@ -283,7 +283,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ranks = _process_group()  # under torchrun each rank takes every N-th image; rank 0 reports
     models = ev.build_models([*baselines, *args.model], tile=args.tile, device=_rank_device(args.device, ranks))
     lpips, lpips_status = ev.lpips_metric()
-    options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips)
+    options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips,
+                         consistency=args.consistency)
     failed = []
 
     def report_error(message: str) -> None:
@@ -305,7 +306,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         results = sorted((r for part, _ in gathered for r in part), key=lambda r: order[r.sample.name])
         failed = [message for _, part in gathered for message in part]
     summary = ev.summarise(results)
-    names = [m.name for m in models]
+    names = [name for m in models for name, _ in ev.variants(m, args.consistency)]
     reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
     models_only = {m: rows for m, rows in ev.per_image(results).items() if m != "ground truth"}
     statistics = stats.statistics(models_only, reference)
@@ -317,6 +318,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
         "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
                 "crop": "non-square images cropped to their centre square, then resized"}[args.fit],
+        "consistency": {"on": "networks' outputs projected to average back to LR (as medsr upscale does)",
+                        "off": "networks' raw outputs", "both": "each network projected (NAME) and raw (NAME raw)"
+                        }[args.consistency],
         "PSNR/SSIM": f"on the source's value range (8-bit: 255; 12-bit data: 4095; ...); SSIM convention {args.ssim}",
         "LPIPS": lpips_status,
         "models": "; ".join(f"{m.name}: {m.source}" for m in models),
@@ -477,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "crop (default: resize)")
     ev.add_argument("--ssim", default="realesrgan", choices=["realesrgan", "skimage"],
                     help="SSIM convention (default: realesrgan)")
+    ev.add_argument("--consistency", default="on", choices=["on", "off", "both"],
+                    help="networks' outputs projected to average back to LR as upscale does (on, default), raw "
+                         "(off), or both as two rows, NAME and NAME raw")
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
     ev.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")

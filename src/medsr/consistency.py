@@ -78,8 +78,10 @@ class Consistency:
                 f"{self.beyond_range:.3f}% beyond range")
 
     @classmethod
-    def worst(cls, found: list[Consistency]) -> Consistency:
-        """The worst of each figure (the frames of a stack)."""
+    def worst(cls, found: list[Consistency]) -> Consistency | None:
+        """The worst of each figure (the frames of a stack); None for none."""
+        if not found:
+            return None
         return cls(mean_shift=max((c.mean_shift for c in found), key=abs),
                    mean_abs_error=max(c.mean_abs_error for c in found),
                    beyond_range=max(c.beyond_range for c in found))

@@ -2,7 +2,8 @@
 
 For each image: ground truth (GT) = Lanczos resize to the protocol's size; LR = bicubic
 downscale by the scale, then a Gaussian blur (the paper does not give its kernel: ours is an
-option, default sigma 1.0 LR pixel, 7x7); every model super-resolves LR back to the GT size; the
+option, default sigma 1.0 LR pixel, 7x7); every model super-resolves LR back to the GT size (networks' outputs projected
+onto the outputs that average back to LR, as ``medsr.upscale`` does, unless asked otherwise); the
 metrics of docs/METRICS.md compare each result with GT in the source's own integer range.
 """
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image as PILImage
 
 from medsr import metrics
+from medsr.consistency import enforce
 from medsr.image import Image, ImageError, quantize
 from medsr.infer import OutputError
 from medsr.io import read_image, reader_for
@@ -149,6 +151,7 @@ class Model:
     name: str
     run: Callable[[np.ndarray, int], np.ndarray]
     source: str = "interpolation"  # the weights' file(s) and SHA-256, for the report's provenance
+    network: bool = False  # a network's raw output, to be projected (``Options.consistency``)
 
 
 def parse_model_entry(entry: str) -> tuple[str, float | None]:
@@ -191,13 +194,14 @@ def _build_model(name: str, *, tile: int | None, device: str) -> Model:
     entry, fidelity = parse_model_entry(name)
     model = load_model(entry, fidelity=fidelity)
 
-    def run(lr: np.ndarray, size: int) -> np.ndarray:
-        return upscale(Image(pixels=lr), model=model, outscale=size / lr.shape[1], tile=tile, device=device).pixels
+    def run(lr: np.ndarray, size: int) -> np.ndarray:  # the raw network: evaluate projects it (or not)
+        return upscale(Image(pixels=lr), model=model, outscale=size / lr.shape[1], tile=tile, device=device,
+                       consistency=False, allow_inconsistent=True).pixels
 
     source = "; ".join(f"{path} (SHA-256 {digest})" for path, digest in model.sources)
     # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
     # or the file name of a checkpoint
-    return Model(name if fidelity is not None else model.name, run, source=source)
+    return Model(name if fidelity is not None else model.name, run, source=source, network=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +214,23 @@ class Options:
     fit: str = "resize"
     ssim_convention: str = "realesrgan"
     lpips: Callable[[np.ndarray, np.ndarray], float] | None = None  # when LPIPS weights are present
+    # networks' outputs: "on" projected as ``medsr.upscale`` does, "off" raw, "both" (``NAME`` and ``NAME raw``)
+    consistency: str = "on"
+
+    def __post_init__(self) -> None:
+        if self.consistency not in CONSISTENCY_CHOICES:
+            raise ValueError(f"consistency {self.consistency!r}: choose {', '.join(CONSISTENCY_CHOICES)}")
+
+
+CONSISTENCY_CHOICES = ("on", "off", "both")
+
+
+def variants(model: Model, consistency: str) -> list[tuple[str, bool]]:
+    """(row name, projected) for each output of ``model`` to score."""
+    if not model.network:
+        return [(model.name, False)]
+    return {"on": [(model.name, True)], "off": [(model.name, False)],
+            "both": [(model.name, True), (f"{model.name} raw", False)]}[consistency]
 
 
 def _gray(pixels: np.ndarray, vessels: bool) -> np.ndarray:
@@ -262,9 +283,10 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Re
             annotation = read_annotation(sample.annotation, options.protocol.gt_size)
     outputs, rows = {}, {}
     for model in models:
-        outputs[model.name] = np.clip(model.run(lr, options.protocol.gt_size), 0, 1)
-        rows[model.name] = image_metrics(outputs[model.name], gt, image.max_value, options, gt_vessels, fov,
-                                         annotation)
+        out = np.clip(model.run(lr, options.protocol.gt_size), 0, 1)
+        for name, projected in variants(model, options.consistency):
+            outputs[name] = enforce(out, lr) if projected else out
+            rows[name] = image_metrics(outputs[name], gt, image.max_value, options, gt_vessels, fov, annotation)
     if annotation is not None:
         rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov])}
     return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)

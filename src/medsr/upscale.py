@@ -195,9 +195,11 @@ def upscale(
     levels = None if as_array and dtype not in (np.uint8, np.uint16) else image.steps
     if consistency:
         sr = enforce(sr, image.pixels, bounds=(low, high), levels=levels)
-    found = measure(sr if levels is None else np.rint(sr * levels) / levels, image.pixels, value_range=(low, high),
-                    tolerance=tolerance)
-    if not allow_inconsistent and found.exceeds(tolerance):
+    found = None  # below x1 (consistency off) an output has nothing to average back to
+    if out_h >= height and out_w >= width:
+        found = measure(sr if levels is None else np.rint(sr * levels) / levels, image.pixels,
+                        value_range=(low, high), tolerance=tolerance)
+    if found is not None and not allow_inconsistent and found.exceeds(tolerance):
         raise ConsistencyError(f"{source}: model {name}: the output does not average back to the input: "
                                f"{', '.join(found.exceeds(tolerance))}; nothing written (the allow-inconsistent "
                                "option writes it anyway)")
