@@ -215,3 +215,14 @@ def medsr_upscale(lr, size, model):
     import medsr
 
     return medsr.upscale(Image(pixels=lr, source="lr"), model=model, outscale=size / lr.shape[1]).pixels
+
+
+def test_evaluate_says_what_runs(tmp_path):
+    from medsr import evaluate as ev
+
+    PILImage.fromarray(random_image(520, 520, 3)).save(tmp_path / "a.png")
+    models = ev.build_models(["bicubic", "lanczos"], tile=None, device="cpu")
+    steps = []
+    list(ev.evaluate(ev.find_samples(tmp_path), models, ev.Options(protocol=PROTOCOLS["retina-x2"]),
+                     on_step=steps.append))
+    assert steps == ["a: bicubic", "a: lanczos"]

@@ -286,14 +286,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips,
                          consistency=args.consistency)
     failed = []
+    share = samples[ranks.get_rank():: ranks.get_world_size()] if ranks else samples
+    bar = tqdm(total=len(share), disable=None, desc="images", unit="img")  # "images 3/40 [..., a.png: cxr]"
 
     def report_error(message: str) -> None:
         failed.append(message)
         _error(message)
+        bar.update()
 
-    share = samples[ranks.get_rank():: ranks.get_world_size()] if ranks else samples
-    results = list(tqdm(ev.evaluate(share, models, options, on_error=report_error), total=len(share), disable=None,
-                        desc="images", unit="img"))
+    results = []
+    for result in ev.evaluate(share, models, options, on_error=report_error, on_step=bar.set_postfix_str):
+        results.append(result)
+        bar.update()
+    bar.close()
     if ranks:
         # Images travel only for the figures: each rank's first ``figures`` results hold the first
         # ``figures`` of all, whatever the shares' failures.

@@ -100,8 +100,10 @@ class RunConfig:
     iterations: int = 3000
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N (torchrun sets the local GPU)
-    bf16: bool = False  # bf16 autocast on CUDA
-    channels_last: bool = False  # on CUDA
+    # bf16 autocast (weights, optimiser and losses in fp32): True, False, or None = where the device
+    # has native bf16 (CUDA with bf16, a CPU with AVX512-BF16 or AMX); the log says which ran
+    bf16: bool | None = None
+    channels_last: bool = False
     log_every: int = 10
     save_every: int = 500
     val_every: int = 500

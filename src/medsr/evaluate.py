@@ -273,7 +273,8 @@ def without_images(result: Result) -> Result:
     return replace(result, lr=empty, gt=empty, outputs={})
 
 
-def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Result:
+def evaluate_sample(sample: Sample, models: list[Model], options: Options,
+                    on_step: Callable[[str], None] | None = None) -> Result:
     image = read_any(sample.image)
     lr, gt = make_pair(image, options.protocol, options.fit)
     gt_vessels = fov = annotation = None
@@ -283,6 +284,8 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Re
             annotation = read_annotation(sample.annotation, options.protocol.gt_size)
     outputs, rows = {}, {}
     for model in models:
+        if on_step:
+            on_step(f"{sample.name}: {model.name}")
         out = np.clip(model.run(lr, options.protocol.gt_size), 0, 1)
         for name, projected in variants(model, options.consistency):
             outputs[name] = enforce(out, lr) if projected else out
@@ -293,12 +296,14 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options) -> Re
 
 
 def evaluate(samples: list[Sample], models: list[Model], options: Options,
-             on_error: Callable[[str], None] = print) -> Iterator[Result]:
+             on_error: Callable[[str], None] = print, on_step: Callable[[str], None] | None = None
+             ) -> Iterator[Result]:
     """Evaluate each sample; a file that cannot be read, or a model output that cannot be scored
-    (non-finite, constant), is reported through ``on_error`` and the sample skipped."""
+    (non-finite, constant), is reported through ``on_error`` and the sample skipped. ``on_step``
+    hears what runs now ("image: model"), for progress."""
     for sample in samples:
         try:
-            yield evaluate_sample(sample, models, options)
+            yield evaluate_sample(sample, models, options, on_step)
         except ImageError as exc:
             on_error(str(exc))
         except OutputError as exc:  # raised on the LR made from the file: name the file

@@ -50,6 +50,8 @@ DEFAULT_OVERLAP = 32  # LR pixels over which neighbouring trunk tiles are blende
 DEFAULT_CPU_BUDGET = 2 << 30  # where the available memory cannot be read
 CPU_BUDGET_RANGE = (1 << 30, 16 << 30)  # a quarter of the available memory, within these bounds
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# CPU bf16: an RRDBNet's head (upsampling and output convolutions) stays in fp32 (benchmarks/bench_bf16.py)
+BF16_HEAD_IN_FP32 = True
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
@@ -128,6 +130,13 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (else it is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def pick_precision(precision: str, device: torch.device, model: SRModel | None = None) -> torch.dtype:
@@ -239,19 +248,38 @@ def _head_in_strips(net: RRDBNet, feat: torch.Tensor, rows: tuple[int, int], str
     for top in range(rows[0], rows[1], strip):
         bottom = min(top + strip, rows[1])
         y0, y1 = max(top - HEAD_CONTEXT, 0), min(bottom + HEAD_CONTEXT, feat.shape[2])
-        sr = net.head(feat[:, :, y0:y1]).float()
+        sr = net.head(feat[:, :, y0:y1].to(net.conv_last.weight.dtype)).float()
         outputs.append(sr[:, :, (top - y0) * 4 : (bottom - y0) * 4])
     return torch.cat(outputs, 2)
 
 
-def _prepared(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``net`` on ``device``, channels-last and in eval mode, as it is if it already is; otherwise a
+def _prepared(net: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+              head_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``net`` on ``device``, channels-last, in eval mode and with its weights in ``dtype`` (an
+    RRDBNet's head in ``head_dtype``, default ``dtype``), as it is if it already is; otherwise a
     prepared copy, so that the caller's module (a network in training, say) is never changed."""
+    head = set()
+    if isinstance(net, RRDBNet) and head_dtype not in (None, dtype):
+        head = {id(p) for m in net.head_modules() for p in m.parameters()}
+    wanted = {id(p): head_dtype if id(p) in head else dtype for p in net.parameters()}
     ready = not net.training and all(
-        p.device == device and (p.dim() != 4 or p.is_contiguous(memory_format=torch.channels_last))
+        p.device == device and p.dtype == wanted[id(p)]
+        and (p.dim() != 4 or p.is_contiguous(memory_format=torch.channels_last))
         for p in net.parameters()
     )
-    return net if ready else copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval()
+    if ready:
+        return net
+    copied = copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval().to(dtype)
+    if head:
+        for module in copied.head_modules():
+            module.to(head_dtype)
+    return copied
+
+
+def reduced_on_cpu(dtype: torch.dtype, device: torch.device) -> bool:
+    """On CPU a reduced precision runs as a network cast to it (weights and activations); autocast,
+    which casts at every layer, was slower than fp32 there (docs/BENCHMARKS.md). CUDA uses autocast."""
+    return device.type == "cpu" and dtype != torch.float32
 
 
 # A tile runner takes an input patch (1, C, h, w) on the device and the core box (top, bottom, left,
@@ -324,7 +352,9 @@ def upscale_tensor(
     channels, height, width = lq.shape
     if channels != model.in_channels and not (channels == 1 and model.in_channels == 3):
         raise ValueError(f"model {model.name} takes {model.in_channels} channel(s); the image has {channels}")
-    module = _prepared(model.module, device)
+    cast = reduced_on_cpu(dtype, device)
+    module = _prepared(model.module, device, dtype if cast else torch.float32,
+                       head_dtype=torch.float32 if cast and BF16_HEAD_IN_FP32 else None)
     cell = model.size_multiple  # LR pixels per side of the grid tiles are cut on
     out_per_cell = model.scale * cell
     run = _rrdbnet_runner(module, budget) if isinstance(module, RRDBNet) else _module_runner(module, out_per_cell)
@@ -338,7 +368,7 @@ def upscale_tensor(
     rows, cols = _spans(rows_c, tile_c, overlap_c), _spans(cols_c, tile_c, overlap_c)
     row_w, col_w = _ramps(rows, rows_c, out_per_cell), _ramps(cols, cols_c, out_per_cell)
     out = torch.zeros(channels, rows_c * out_per_cell, cols_c * out_per_cell)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 and not cast else nullcontext()
     done, total = 0, len(rows) * len(cols)
     with torch.inference_mode(), autocast, _freed_memory_kept(device):
         for (top, bottom), wy in zip(rows, row_w, strict=True):
@@ -346,7 +376,7 @@ def upscale_tensor(
                 y0, y1 = max(top - context_c, 0), min(bottom + context_c, rows_c)
                 x0, x1 = max(left - context_c, 0), min(right + context_c, cols_c)
                 patch = lq[None, :, y0 * cell : y1 * cell, x0 * cell : x1 * cell]
-                patch = patch.to(device).expand(-1, model.in_channels, -1, -1)
+                patch = patch.to(device, dtype if cast else torch.float32).expand(-1, model.in_channels, -1, -1)
                 sr = run(patch, (top - y0, bottom - y0, left - x0, right - x0))[0]
                 sr = sr.mean(0, keepdim=True) if channels < model.in_channels else sr
                 k = out_per_cell

@@ -25,7 +25,7 @@ from medsr import checkpoint, files, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
 from medsr.data import HRImages, as_rgb, checked_files
 from medsr.degrade import PairPool, apply, sample
-from medsr.infer import pick_device
+from medsr.infer import native_bf16, pick_device
 from medsr.io import ImageError, read_image
 from medsr.losses import PerceptualLoss, gan_loss
 from medsr.metrics import psnr, ssim
@@ -60,6 +60,7 @@ class Run:
     iteration: int = 0
     warmup_done: bool = False
     ddp: dict[str, torch.nn.Module] = field(default_factory=dict)  # DDP wrappers under torchrun
+    bf16: bool = False  # run.bf16 resolved for this device
 
     @property
     def ddp_g(self) -> torch.nn.Module:
@@ -104,7 +105,7 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
         layers = tuple(config.loss.perceptual_layers)
         perceptual = PerceptualLoss(weights.load_vgg19(config.loss.vgg_weights, layers=layers),
                                     layer_weights=config.loss.perceptual_layers).to(device)
-    if config.run.channels_last and device.type == "cuda":
+    if config.run.channels_last:
         net_g = net_g.to(memory_format=torch.channels_last)
         net_d = net_d.to(memory_format=torch.channels_last) if net_d is not None else None
     optim_g, sched_g = _optimizer(net_g, config.optim.lr_g, config)
@@ -121,6 +122,7 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
         )[: config.data.val_images],
         pool=PairPool(size=config.data.pool_size, batch_size=config.data.batch_size, generator=generators["pool"]),
         generators=generators,
+        bf16=native_bf16(device) if config.run.bf16 is None else config.run.bf16,
     )
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -214,9 +216,8 @@ def config_of(path: Path) -> TrainConfig:
 
 
 def _autocast(run: Run):
-    if run.config.run.bf16 and run.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """bf16 autocast where the run uses it: the weights, the optimiser and the losses stay fp32."""
+    return torch.autocast(run.device.type, dtype=torch.bfloat16) if run.bf16 else nullcontext()
 
 
 def degraded_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -394,6 +395,8 @@ def _finetune(config: TrainConfig, run_dir: Path, resume: bool) -> list[dict[str
     if resume:
         restore(run, checkpoint.load(latest))
     logger = Logger(run)
+    chosen = "as run.bf16 says" if config.run.bf16 is not None else "where native"
+    logger.line(f"device {run.device}: {'bf16 autocast' if run.bf16 else 'fp32'} ({chosen})")
     if resume:
         logger.line(f"resumed {run_dir} at iteration {run.iteration}")
         if run.iteration >= config.run.iterations:

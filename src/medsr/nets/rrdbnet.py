@@ -90,6 +90,10 @@ class RRDBNet(nn.Module):
         feat = self.conv_first(x)
         return feat + self.conv_body(self.body(feat))
 
+    def head_modules(self) -> tuple[nn.Module, ...]:
+        """The convolutions of ``head``, in order."""
+        return self.conv_up1, self.conv_up2, self.conv_hr, self.conv_last
+
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         """Upsample features x4: most of the memory, a reach of under 2 feature pixels."""
         feat = F.leaky_relu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
