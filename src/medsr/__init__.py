@@ -6,6 +6,8 @@ Public API::
     model = medsr.load_model("realesrgan-x4plus")      # an SRModel: name, scale, ..., module
     sr = medsr.upscale("scan.png", model=model, outscale=2)
     medsr.write_image("scan_x2.png", sr)
+    brain = medsr.upscale(medsr.read_volume("brain.nii.gz"), outscale=2)   # in-plane, slice by slice
+    medsr.write_volume("brain_x2.nii.gz", brain)
 
     plan = medsr.plan_outputs(["cxr_folder/"], "cxr_x2/")   # a folder job, one result per file
     for result in medsr.upscale_files(plan, outscale=2):
@@ -19,6 +21,7 @@ from medsr.io import Image, ImageError, read_frames, read_image, write_frames, w
 from medsr.model import SRModel
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
 from medsr.upscale import upscale
+from medsr.volume import Volume, read_volume, write_volume
 from medsr.weights import WeightsError, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides what is shown
@@ -29,6 +32,7 @@ __all__ = [
     "ImageError",
     "RRDBNet",
     "SRModel",
+    "Volume",
     "WeightsError",
     "Plan",
     "load_model",
@@ -37,8 +41,10 @@ __all__ = [
     "read_image",
     "rrdbnet",
     "upscale",
+    "read_volume",
     "upscale_files",
     "write_frames",
     "write_image",
+    "write_volume",
 ]
 __version__ = "0.1.0"

@@ -23,7 +23,8 @@ from medsr.detail import detail_maps, heat_map
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
 from medsr.model import SRModel, as_model
-from medsr.upscale import DEFAULT_MODEL, model_for, upscale
+from medsr.upscale import DEFAULT_MODEL, model_for, upscale, volume_model
+from medsr.volume import is_nifti, read_volume, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
             unreadable: list[str] = []
             # an output folder inside the input folder holds earlier outputs, not inputs
             skip = output if _inside(output, item) else None
-            found = [p for p in image_files(item, unreadable) if skip is None or not _inside(p, skip)]
+            found = [p for p in image_files(item, unreadable, volumes=True) if skip is None or not _inside(p, skip)]
             problems += [(item, message) for message in unreadable]
             if not found:
                 problems.append((item, f"{item}: folder holds no image files"))
@@ -86,8 +87,9 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
             sources.append((item, Path(item.name)))
         else:
             problems.append((item, f"{item}: no such file or folder"))
-    single_file = len(inputs) == 1 and not inputs[0].is_dir() and output.suffix.lower() in WRITERS
-    if output.suffix.lower() in WRITERS and not single_file:
+    named = output.suffix.lower() in WRITERS or is_nifti(output)
+    single_file = len(inputs) == 1 and not inputs[0].is_dir() and named
+    if named and not single_file:
         return Plan([], problems + [(output, f"{output}: an output file name needs exactly one input file")])
     unwritable = _unwritable(output.parent if single_file else output)
     if unwritable:  # found before any model runs, not after the first image
@@ -95,9 +97,13 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     pairs, taken = [], {}
     for source, relative in sources:
         target = output if single_file else output / relative
-        if ext:
+        if is_nifti(source) != is_nifti(target) and (single_file or ext):
+            problems.append((source, f"{source}: a volume is written as NIfTI and an image as an image; "
+                                     f"not as {target.name}"))
+            continue
+        if ext and not is_nifti(source):
             target = target.with_suffix(ext)
-        elif target.suffix.lower() not in WRITERS:  # a DICOM file named without suffix
+        elif target.suffix.lower() not in WRITERS and not is_nifti(target):  # a DICOM file named without suffix
             target = target.with_name(target.name + ".dcm")
         if target.resolve() == source.resolve():
             problems.append((source, f"{source}: output would replace the input; choose another output"))
@@ -175,6 +181,7 @@ def upscale_files(
     maps: bool = False,
     consistency: bool = True,
     allow_inconsistent: bool = False,
+    axis: int | None = None,
 ) -> Iterator[FileResult]:
     """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
 
@@ -184,8 +191,10 @@ def upscale_files(
     ``fidelity`` blends the medical models (see ``medsr.load_model``). ``maps`` writes beside each
     output its detail and consistency maps (``a.png.detail.png``, ``a.png.consistency.png``; see
     ``medsr.detail``) and puts their scores in the result. ``consistency`` and
-    ``allow_inconsistent`` are ``medsr.upscale``'s; a stack has one value range for all its frames,
-    and an output beyond the tolerance is an error for its file, with nothing written.
+    ``allow_inconsistent`` are ``medsr.upscale``'s; a stack, and a DICOM series (the files of one
+    SeriesInstanceUID in the plan), has one value range for all its frames, and an output beyond the
+    tolerance is an error for its file, with nothing written. NIfTI volumes are upscaled in-plane
+    across ``axis`` (default: the largest spacing; see ``medsr.volume``) and written as NIfTI.
 
     Raises:
         WeightsError: the model cannot be loaded (the whole batch would fail).
@@ -194,9 +203,15 @@ def upscale_files(
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
     loaded: dict[tuple[str, float | None], SRModel] = {}
+    series = series_ranges([s for s, t in plan.pairs if not (t.exists() and not overwrite)], options)
+    settings = dict(outscale=outscale, tile=tile, device=device, precision=precision, consistency=consistency,
+                    allow_inconsistent=allow_inconsistent)
     for source, target in plan.pairs:
         if target.exists() and not overwrite:
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
+            continue
+        if is_nifti(source):
+            yield _volume_file(source, target, model, fidelity, axis, overwrite, progress, settings)
             continue
         try:
             if options.window is not None and reader_for(source) is not dicom.read_dicom:
@@ -211,16 +226,14 @@ def upscale_files(
                 if key not in loaded:
                     loaded[key] = weights.load_model(key[0], fidelity=key[1])
                 chosen = loaded[key]
-            stack_range = content_range([frame.pixels for frame in frames])
+            stack_range = series.get(source) or content_range([frame.pixels for frame in frames])
             outputs = []
             for index, frame in enumerate(frames):
                 def tiles(done: int, total: int, index: int = index, source: Path = source,
                           count: int = len(frames)) -> None:
                     if progress:
                         progress(source, index * total + done, count * total)
-                outputs.append(upscale(frame, model=chosen, outscale=outscale, tile=tile, device=device,
-                                       precision=precision, progress=tiles, consistency=consistency,
-                                       allow_inconsistent=allow_inconsistent, stack_range=stack_range))
+                outputs.append(upscale(frame, model=chosen, progress=tiles, stack_range=stack_range, **settings))
             write_frames(target, outputs, overwrite=overwrite)
             scores = _write_maps(target, frames, outputs, overwrite) if maps else (None, None)
         except weights.WeightsError:
@@ -236,6 +249,59 @@ def upscale_files(
                          precision=ran_in, values=describe_values(frames[0]), frames=len(frames), why=why,
                          consistency=Consistency.worst([out.consistency for out in outputs if out.consistency]),
                          detail=scores[0], consistency_rms=scores[1])
+
+
+def series_ranges(sources: list[Path], options: ReadOptions) -> dict[Path, tuple[float, float]]:
+    """The one value range (in [0, 1] units) of each DICOM series that has several files among
+    ``sources``, for each of its files: a series is one volume, and its slices must not each get
+    their own mapping (brightness would jump from slice to slice). Files that cannot be read are
+    left to fail on their own turn."""
+    groups: dict[str, list[Path]] = {}
+    for source in sources:
+        if reader_for(source) is not dicom.read_dicom:
+            continue
+        uid = dicom.series_uid(source)
+        if uid:
+            groups.setdefault(uid, []).append(source)
+    ranges = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        found = []
+        for member in members:
+            try:
+                found.append(content_range([frame.pixels for frame in read_frames(member, options)]))
+            except ImageError:
+                continue
+        if found:
+            span = (min(low for low, _ in found), max(high for _, high in found))
+            ranges.update(dict.fromkeys(members, span))
+    return ranges
+
+
+def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis: int | None, overwrite: bool,
+                 progress: Callable[[Path, int, int], None] | None, settings: dict) -> FileResult:
+    """One NIfTI file: read, upscale slice by slice, write checked; the result or the error."""
+    try:
+        volume = read_volume(source)
+        chosen, why = volume_model(model, fidelity)
+        out = upscale(volume, model=chosen, axis=axis, **settings,
+                      progress=(lambda done, total: progress(source, done, total)) if progress else None)
+        write_volume(target, out, overwrite=overwrite)
+    except weights.WeightsError:
+        raise
+    except (ImageError, ValueError, RuntimeError) as exc:
+        message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
+        log.warning(message)
+        return FileResult(source=source, error=message)
+    values = volume.values
+    ran_in = infer.precision_name(infer.pick_precision(settings["precision"], infer.pick_device(settings["device"]),
+                                                       chosen))
+    return FileResult(source=source, target=target, model=chosen.name, scale=settings["outscale"] or chosen.scale,
+                      precision=ran_in, why=why,
+                      values=f"volume {volume.data.dtype} {volume.orientation}, values {values.min():g}.."
+                             f"{values.max():g} (the volume's min..max)",
+                      frames=int(np.prod(volume.data.shape[2:])), consistency=out.consistency)
 
 
 def _write_maps(target: Path, inputs: list[Image], outputs: list[Image], overwrite: bool) -> tuple[float, float]:

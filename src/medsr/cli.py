@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from medsr import batch, dicom, weights
+from medsr import batch, dicom, volume, weights
 from medsr.config import PRESETS
 from medsr.consistency import Consistency
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_device, pick_precision
-from medsr.io import WRITERS, ImageError, read_frames, read_image, reader_for
+from medsr.io import WRITERS, ImageError, is_nifti, read_frames, read_image, reader_for
 from medsr.upscale import DEFAULT_MODEL, check_outscale
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
@@ -66,7 +66,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
                                   progress=progress, fidelity=args.fidelity, maps=args.detail_map,
-                                  consistency=args.consistency == "on", allow_inconsistent=args.allow_inconsistent)
+                                  consistency=args.consistency == "on", allow_inconsistent=args.allow_inconsistent,
+                                  axis=args.axis)
     used: Counter[str] = Counter()  # "model x4 fp32": files
     paths: Counter[str] = Counter()  # how values and channels were taken, and why each model, for the summary
     scores: list[str] = []
@@ -176,7 +177,9 @@ def run_info(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            if reader_for(path) is dicom.read_dicom:
+            if is_nifti(path):
+                rows = volume.describe(path)
+            elif reader_for(path) is dicom.read_dicom:
                 rows = dicom.describe(path)
             else:
                 frames = read_frames(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--window", default=None, metavar="C,W|voi",
                     help="DICOM: the window (modality units) the network's range maps to, or the file's own "
                          "(voi); values outside it are kept (default: the image's own min..max)")
+    up.add_argument("--axis", type=int, default=None, choices=[0, 1, 2],
+                    help="NIfTI volumes: the slice axis (0, 1, 2 = i, j, k); default: the one with the largest "
+                         "voxel spacing (an isotropic volume needs the choice)")
     up.add_argument("--consistency", default="on", choices=["on", "off"],
                     help="on (default): correct the output so that it averages back to the input and stays in its "
                          "range; off: the raw network (still measured)")

@@ -144,6 +144,15 @@ def _read_dataset(path: Path) -> Dataset:
         raise ImageError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from None
 
 
+def series_uid(path: Path) -> str | None:
+    """The SeriesInstanceUID of a DICOM file (header only), or None when it has none or cannot be read."""
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                   .get("SeriesInstanceUID", "")) or None
+    except Exception:
+        return None
+
+
 def frame_count(ds: Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
@@ -232,6 +241,8 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
     if any(f.meta.get("dicom") is not source for f in frames) or any(f.size != image.size for f in frames):
         raise ImageError("the frames of one DICOM output must come from one file and have one size")
     ds = copy.deepcopy(source)  # Dataset.copy is shallow: set_pixel_data would change the source's UIDs too
+    for _ in ds.iterall():  # elements not read yet get their VR now: implicit-VR input is written as explicit
+        pass
     mapping: StoredRange = image.meta["dicom_range"]
     dtype = np.dtype(image.meta["dicom_dtype"])
     height, width = image.size

@@ -102,6 +102,7 @@ class Image:
         window: the [0, 1] values the network's range maps to when one was chosen (a DICOM window);
             None: the image's own range. Values outside it are kept, never clipped.
         levels: stored steps from 0.0 to 1.0 where they are not ``max_value - min_value`` (DICOM).
+        continuous: float data, not stored in steps (float arrays, float volumes): never rounded.
         model: the model that produced it, when ``upscale`` did (DICOM outputs name it).
         consistency: how far it averages back to its input, when ``upscale`` made it.
         meta: format details kept for writing, each read and written by its format's module
@@ -119,6 +120,7 @@ class Image:
     modality: str | None = None
     window: tuple[float, float] | None = None
     levels: float | None = None
+    continuous: bool = False
     model: str | None = None
     consistency: Consistency | None = None
     meta: dict = field(default_factory=dict)
@@ -207,7 +209,7 @@ class Image:
         image = cls.from_integers(array.astype(np.float32), 1, value_range=value_range)
         low, high = image.value_range
         # Written to a file, a float image is 8-bit; the float range stays in range_reason.
-        return replace(image, max_value=255, min_value=0, container_max=255,
+        return replace(image, max_value=255, min_value=0, container_max=255, continuous=True,
                        range_reason=f"float {low:g}..{high:g}")
 
     def to_array(self, dtype: np.dtype | None = None) -> np.ndarray:

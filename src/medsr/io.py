@@ -239,6 +239,13 @@ READERS: dict[str, Callable[[Path, ReadOptions], Image]] = {
 }
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")  # volumes: medsr.volume reads and writes them
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
 def reader_for(path: Path) -> Callable[[Path, ReadOptions], Image] | None:
     """The reader for ``path``: by suffix, or DICOM by content for files without a known suffix."""
     reader = READERS.get(path.suffix.lower())
@@ -269,8 +276,9 @@ def image_size(path: str | Path) -> tuple[int, int, int]:
         raise ImageError(f"{path}: cannot read the image header ({type(exc).__name__}: {exc})") from None
 
 
-def image_files(folder: str | Path, unreadable: list[str] | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden ones skipped), sorted.
+def image_files(folder: str | Path, unreadable: list[str] | None = None, *, volumes: bool = False) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden ones skipped), sorted; with ``volumes``,
+    NIfTI volumes too.
 
     A subfolder that cannot be listed is an error, or with ``unreadable`` given, a message added
     to it: never skipped in silence.
@@ -291,7 +299,7 @@ def image_files(folder: str | Path, unreadable: list[str] | None = None) -> list
         raise ValueError(problems[0])
     if unreadable is not None:
         unreadable += problems
-    return sorted(p for p in found if p.is_file() and reader_for(p))
+    return sorted(p for p in found if p.is_file() and (reader_for(p) or (volumes and is_nifti(p))))
 
 
 FRAME_READERS: dict[str, Callable[[Path, ReadOptions], list[Image]]] = {
@@ -468,17 +476,27 @@ def write_frames(path: str | Path, frames: list[Image], *, overwrite: bool = Fal
     if path.exists() and not overwrite:
         raise ImageError(f"{path}: already exists (kept; the overwrite option replaces it)")
     write = WRITERS[suffix] if len(frames) == 1 else FRAME_WRITERS[suffix]
+    write_checked(path, lambda tmp: write(tmp, frames[0] if len(frames) == 1 else frames),
+                  lambda tmp: _verify_written(tmp, frames, path), overwrite=overwrite)
+
+
+def write_checked(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], *,
+                  overwrite: bool) -> None:
+    """Write ``path`` through a temporary file beside it: ``write(tmp)``, ``verify(tmp)``, then move
+    it into place (never over an existing file unless ``overwrite``); every failure is an
+    ImageError naming ``path``, and the temporary file is removed."""
     tmp = None
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix  # nibabel compresses by name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=suffix)
         os.close(fd)
         tmp = Path(name)
         try:
-            write(tmp, frames[0] if len(frames) == 1 else frames)
+            write(tmp)
         except ImageError as exc:
             raise ImageError(f"{path}: cannot write ({exc})") from None
-        _verify_written(tmp, frames, path)
+        verify(tmp)
         os.chmod(tmp, 0o644)
         _move_into_place(tmp, path, overwrite)
     except OSError as exc:  # disk full, read-only folder, a file where a folder should be, ...

@@ -20,6 +20,7 @@ from medsr.infer import OutputError, pick_device, upscale_tensor
 from medsr.io import Image, read_image
 from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
+from medsr.volume import Volume, is_nifti, read_volume, upscale_volume
 from medsr.weights import load_model
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def upscale(
     allow_inconsistent: bool = False,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     stack_range: tuple[float, float] | None = None,
-) -> Image | np.ndarray:
+    axis: int | None = None,
+) -> Image | np.ndarray | Volume:
     """Super-resolve an image, keeping its values: the output averages back to the input.
 
     The network sees the image's own range (its min..max, or ``stack_range``, or a DICOM window)
@@ -146,6 +148,9 @@ def upscale(
         allow_inconsistent: return an output beyond ``tolerance`` instead of raising.
         stack_range: (min, max) of the whole stack the image is a frame of, in its [0, 1] units:
             one mapping, one range bound and one span for every frame.
+        axis: for a volume (a ``medsr.Volume`` or a NIfTI path), the slice axis (0, 1, 2); the
+            default is the one with the largest voxel spacing. Volumes are upscaled in-plane, slice
+            by slice, with the volume's min..max as the one range of every slice.
 
     Raises:
         OutputError: the network's output is non-finite or constant where the input is not;
@@ -158,6 +163,13 @@ def upscale(
         >>> print(sr.consistency)                           # doctest: +SKIP
         mean shift +0.000%, mean abs error 0.000%, 0.000% beyond range
     """
+    if isinstance(image, str | Path) and is_nifti(image):
+        image = read_volume(image)
+    if isinstance(image, Volume):
+        return _upscale_volume(image, model=model, fidelity=fidelity, axis=axis, progress=progress,
+                               options=dict(outscale=outscale, tile=tile, device=device, precision=precision,
+                                            consistency=consistency, allow_inconsistent=allow_inconsistent,
+                                            tolerance=tolerance))
     as_array = isinstance(image, np.ndarray)
     if as_array:
         dtype = image.dtype
@@ -192,7 +204,7 @@ def upscale(
     sr = sr * np.float32(spread) + np.float32(net_low)  # the exact inverse of the network's mapping
     if sr.shape[1:] != (out_h, out_w):
         sr = resize_lanczos(sr, out_h, out_w)
-    levels = None if as_array and dtype not in (np.uint8, np.uint16) else image.steps
+    levels = None if image.continuous else image.steps
     if consistency:
         sr = enforce(sr, image.pixels, bounds=(low, high), levels=levels)
     found = None  # below x1 (consistency off) an output has nothing to average back to
@@ -218,6 +230,25 @@ def upscale(
     colour *= high - low
     colour += low
     return out
+
+
+def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity: float | None = None
+                 ) -> tuple[SRModel, str]:
+    """The model for a volume, and why: ``model`` itself, or for "auto" the gray fidelity model
+    (no model here is trained on MR or CT yet)."""
+    if isinstance(model, SRModel | torch.nn.Module):
+        return as_model(model), "as asked"
+    if str(model) != "auto":
+        return load_model(model, fidelity=fidelity), "as asked"
+    return load_model("cxr", fidelity=1.0), "auto: a volume; no model is trained on MR or CT yet: the gray fidelity model"
+
+
+def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,
+                    progress: Callable[[int, int], None] | None, options: dict) -> Volume:
+    chosen, why = volume_model(model, fidelity)
+    log.info("%s: model %s (%s)", volume.source, chosen.name, why)
+    return upscale_volume(volume, lambda image, stack_range: upscale(image, model=chosen, stack_range=stack_range,
+                                                                     **options), axis=axis, progress=progress)
 
 
 def _warn_out_of_domain(model: SRModel, image: Image) -> None:
