@@ -358,10 +358,10 @@ def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
     model = medsr.SRModel(module=DarkeningNet().eval(), scale=4, name="darkening")
 
     def run(lr, size):
-        return medsr.upscale(medsr.Image(pixels=lr), model=model, outscale=size / lr.shape[1], consistency=False,
+        return medsr.upscale(medsr.Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], consistency=False,
                              allow_inconsistent=True).pixels
 
-    models = [ev.Model("bicubic", lambda lr, size: ev.resize_bicubic(lr, size, size)),
+    models = [ev.Model("bicubic", lambda lr, size: ev.resize_bicubic(lr, *size)),
               ev.Model("darkening", run, network=True)]
     [result] = ev.evaluate(ev.find_samples(data), models, ev.Options(protocol=ev.PROTOCOLS["retina-x2"],
                                                                      consistency="both"))

@@ -214,7 +214,7 @@ def test_a_model_that_overflows_on_one_image_skips_that_image(tmp_path, capsys):
 def medsr_upscale(lr, size, model):
     import medsr
 
-    return medsr.upscale(Image(pixels=lr, source="lr"), model=model, outscale=size / lr.shape[1]).pixels
+    return medsr.upscale(Image(pixels=lr, source="lr"), model=model, outscale=size[0] / lr.shape[1]).pixels
 
 
 def test_evaluate_says_what_runs(tmp_path):

@@ -265,3 +265,47 @@ def test_a_real_ct_volume_keeps_hu_orientation_and_slice_means(tmp_path):
     assert back.data.dtype == np.int16 and back.orientation == "LPS" and back.data.shape == (128, 128, 3)
     blocks = back.values.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
     np.testing.assert_array_equal(blocks, part.values)  # averages back exactly, in HU
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate --protocol volume-x2
+
+
+def test_volume_protocol_on_a_folder_of_volumes(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "vols"
+    data.mkdir()
+    save_nifti(data / "a.nii.gz", smooth_volume((32, 32, 5)), np.diag([1, 1, 3, 1.0]))
+    save_nifti(data / "b.nii.gz", smooth_volume((24, 32, 4), dtype=np.float32, low=-1, high=5, seed=1), np.eye(4))
+    save_file(tiny().module.state_dict(), tmp_path / "tiny.safetensors")
+    args = ["evaluate", str(data), "--protocol", "volume-x2", "--baselines", "bicubic", "--slices", "2",
+            "--model", str(tmp_path / "tiny.safetensors"), "--consistency", "both", "--figures", "1",
+            "-o", str(tmp_path / "report")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["summary"]["bicubic"]["images"] == 4  # 2 slices of each volume
+    assert set(summary["summary"]) == {"bicubic", "tiny.safetensors", "tiny.safetensors raw"}
+    assert "box mean" in summary["settings"]["LR"] and "percentile" in summary["settings"]["PSNR/SSIM"]
+    rows = (tmp_path / "report" / "per_image.csv").read_text().splitlines()
+    assert any(row.startswith("b-k000,") for row in rows)  # isotropic b: slices across k
+    assert np.isfinite(summary["summary"]["tiny.safetensors"]["mae"])
+
+
+def test_the_volume_protocol_scores_a_perfect_model_perfectly(tmp_path):
+    from medsr import evaluate as ev
+
+    data = smooth_volume((16, 16, 3))
+    save_nifti(tmp_path / "v.nii.gz", data, np.diag([1, 1, 2, 1.0]))
+    truth = {}
+
+    def oracle(lr, size):  # knows the ground truth: the protocol must give it infinite PSNR and zero error
+        return truth["gt"]
+
+    samples = ev.find_slices(tmp_path, per_volume=1)
+    options = ev.Options(protocol=ev.PROTOCOLS["volume-x2"], consistency="off")
+    volume = read_volume(tmp_path / "v.nii.gz")
+    low, high = volume.values.min(), volume.values.max()
+    truth["gt"] = ((volume.values[:, :, samples[0].slice] - low) / (high - low))[None]
+    [result] = ev.evaluate(samples, [ev.Model("oracle", oracle)], options)
+    assert result.rows["oracle"]["mae"] < 1e-3 and result.rows["oracle"]["psnr"] > 80

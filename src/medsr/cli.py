@@ -277,7 +277,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
     protocol = ev.with_blur(ev.PROTOCOLS[args.protocol], args.blur_sigma)
-    samples = [s for folder in args.data for s in ev.find_samples(folder)][: args.max_images or None]
+    if protocol.volume:
+        samples = [s for folder in args.data for s in ev.find_slices(folder, per_volume=args.slices, axis=args.axis)]
+    else:
+        samples = [s for folder in args.data for s in ev.find_samples(folder)]
+    samples = samples[: args.max_images or None]
     if len({s.name for s in samples}) < len(samples):  # figures are named by image
         raise ValueError("two input images share a name; evaluate their folders separately")
     if not samples:
@@ -324,12 +328,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "skipped": len(failed), "ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
         "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
               f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
+        **({"ground truth": f"{args.slices} slices per volume, evenly spaced, across the slice axis (largest spacing; "
+                            "isotropic: k unless --axis), cropped to whole blocks",
+            "LR": f"the {protocol.scale}x{protocol.scale} box mean in-plane (a detector of twice the pitch)",
+            } if protocol.volume else {}),
         "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
                 "crop": "non-square images cropped to their centre square, then resized"}[args.fit],
         "consistency": {"on": "networks' outputs projected to average back to LR (as medsr upscale does)",
                         "off": "networks' raw outputs", "both": "each network projected (NAME) and raw (NAME raw)"
                         }[args.consistency],
-        "PSNR/SSIM": f"on the source's value range (8-bit: 255; 12-bit data: 4095; ...); SSIM convention {args.ssim}",
+        "PSNR/SSIM": (f"in the volume's units over its {ev.VOLUME_PERCENTILES[0]:g}th..{ev.VOLUME_PERCENTILES[1]:g}th "
+                      "percentile range; MAE in its units" if protocol.volume else
+                      "on the source's value range (8-bit: 255; 12-bit data: 4095; ...)") + f"; SSIM convention {args.ssim}",
         "LPIPS": lpips_status,
         "models": "; ".join(f"{m.name}: {m.source}" for m in models),
         "reference": reference,
@@ -474,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="compare models on a protocol: metrics, figures, HTML report")
     ev.add_argument("data", nargs="+", type=Path, metavar="FOLDER",
                     help="image folders (plain, or DRIVE/STARE/CHASE_DB1 layouts with vessel annotations)")
-    ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4"],
+    ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4", "volume-x2"],
                     help="retina-x2: GT 512, x2; cxr-x4: GT 1024, x4 (docs/METRICS.md)")
     ev.add_argument("--baselines", default="bicubic,lanczos,realesrgan-x4plus",
                     help="comma-separated reference methods (default: bicubic,lanczos,realesrgan-x4plus)")
@@ -495,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--consistency", default="on", choices=["on", "off", "both"],
                     help="networks' outputs projected to average back to LR as upscale does (on, default), raw "
                          "(off), or both as two rows, NAME and NAME raw")
+    ev.add_argument("--slices", type=int, default=8, help="volume-x2: slices per volume, evenly spaced (default 8)")
+    ev.add_argument("--axis", type=int, default=None, choices=[0, 1, 2],
+                    help="volume-x2: the slice axis (default: the largest spacing; isotropic volumes: 2)")
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
     ev.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")

@@ -19,12 +19,13 @@ import torch
 from PIL import Image as PILImage
 
 from medsr import metrics
-from medsr.consistency import enforce
+from medsr.consistency import average_back, enforce
 from medsr.image import Image, ImageError, quantize
 from medsr.infer import OutputError
-from medsr.io import read_image, reader_for
+from medsr.io import image_files, is_nifti, read_image, reader_for
 from medsr.kernels import gaussian_blur
 from medsr.upscale import resize_lanczos, upscale
+from medsr.volume import read_volume, slice_axis
 from medsr.weights import load_model
 
 
@@ -36,12 +37,15 @@ class Protocol:
     blur_sigma: float = 1.0  # Gaussian blur of LR, in LR pixels (0: none)
     blur_size: int = 7
     vessels: bool = False  # fundus vessel fidelity metrics
+    volume: bool = False  # slices of volumes: GT = the slice, LR = its s x s box mean (see evaluate_slice)
 
 
 PROTOCOLS = {
     "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True),
     "cxr-x4": Protocol(name="cxr-x4", gt_size=1024, scale=4),
+    "volume-x2": Protocol(name="volume-x2", gt_size=0, scale=2, blur_sigma=0, volume=True),
 }
+VOLUME_PERCENTILES = (0.5, 99.5)  # volume-x2: PSNR and SSIM over this range of the volume's values
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,31 @@ class Sample:
     name: str
     image: Path
     annotation: Path | None = None  # manual vessel map
+    slice: int | None = None  # volume-x2: the slice of the volume across ``axis``
+    axis: int | None = None
+
+
+def find_slices(folder: str | Path, *, per_volume: int = 8, axis: int | None = None) -> list[Sample]:
+    """volume-x2: ``per_volume`` slices, evenly spaced, of each NIfTI volume in ``folder`` (or the
+    file itself), across its slice axis (the largest spacing; isotropic volumes: ``axis``, else k),
+    leaving out slices that hold a single value (background)."""
+    folder = Path(folder)
+    paths = [folder] if folder.is_file() else image_files(folder, volumes=True)
+    samples = []
+    for path in (p for p in paths if is_nifti(p)):
+        volume = read_volume(path)
+        try:
+            chosen = slice_axis(volume, axis)
+        except ValueError:  # isotropic: the volume's third axis, as a reader of axial slices expects
+            chosen = 2
+        data = np.moveaxis(volume.data, chosen, 2)
+        useful = [k for k in range(data.shape[2]) if np.ptp(data[:, :, k]) > 0]
+        picked = [useful[int(i)] for i in np.linspace(0, len(useful) - 1, min(per_volume, len(useful)))]
+        stem = path.name.removesuffix(".gz").removesuffix(".nii")
+        samples += [Sample(name=f"{stem}-{'ijk'[chosen]}{k:03d}", image=path, slice=k, axis=chosen) for k in picked]
+    if not samples:
+        raise ValueError(f"{folder}: no NIfTI volumes (.nii, .nii.gz) for the volume protocol")
+    return samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +178,7 @@ class Model:
     """A named way to go from LR to GT size."""
 
     name: str
-    run: Callable[[np.ndarray, int], np.ndarray]
+    run: Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (lr, (height, width) of GT) -> output
     source: str = "interpolation"  # the weights' file(s) and SHA-256, for the report's provenance
     network: bool = False  # a network's raw output, to be projected (``Options.consistency``)
 
@@ -188,14 +217,14 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
 
 def _build_model(name: str, *, tile: int | None, device: str) -> Model:
     if name == "bicubic":
-        return Model(name, lambda lr, size: resize_bicubic(lr, size, size))
+        return Model(name, lambda lr, size: resize_bicubic(lr, *size))
     if name == "lanczos":
-        return Model(name, lambda lr, size: resize_lanczos(lr, size, size))
+        return Model(name, lambda lr, size: resize_lanczos(lr, *size))
     entry, fidelity = parse_model_entry(name)
     model = load_model(entry, fidelity=fidelity)
 
-    def run(lr: np.ndarray, size: int) -> np.ndarray:  # the raw network: evaluate projects it (or not)
-        return upscale(Image(pixels=lr), model=model, outscale=size / lr.shape[1], tile=tile, device=device,
+    def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # the raw network: evaluate projects it (or not)
+        return upscale(Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], tile=tile, device=device,
                        consistency=False, allow_inconsistent=True).pixels
 
     source = "; ".join(f"{path} (SHA-256 {digest})" for path, digest in model.sources)
@@ -273,8 +302,44 @@ def without_images(result: Result) -> Result:
     return replace(result, lr=empty, gt=empty, outputs={})
 
 
+def evaluate_slice(sample: Sample, models: list[Model], options: Options,
+                   on_step: Callable[[str], None] | None = None) -> Result:
+    """volume-x2: GT = one slice (in-plane, cropped to whole blocks), LR = its s x s box mean (the
+    signal of a detector of s times the pixel pitch), both in [0, 1] over the volume's min..max
+    (the mapping ``medsr.upscale`` uses for volumes). PSNR and SSIM over the volume's 0.5..99.5th
+    percentile range (``VOLUME_PERCENTILES``), the mean absolute error in the volume's units."""
+    volume = read_volume(sample.image)
+    values = np.moveaxis(volume.values, sample.axis, 2)
+    plane = values[..., sample.slice] if values.ndim == 3 else values[..., sample.slice, 0]
+    s = options.protocol.scale
+    plane = plane[: plane.shape[0] // s * s, : plane.shape[1] // s * s]
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else 1.0
+    gt = ((plane - low) / span).astype(np.float32)[None]
+    lr = average_back(gt, (gt.shape[1] // s, gt.shape[2] // s)).astype(np.float32)
+    robust = np.percentile(values, VOLUME_PERCENTILES)
+    data_range = float(robust[1] - robust[0]) or span
+    outputs, rows = {}, {}
+    for model in models:
+        if on_step:
+            on_step(f"{sample.name}: {model.name}")
+        out = np.clip(model.run(lr, gt.shape[1:]), 0, 1)
+        for name, projected in variants(model, options.consistency):
+            outputs[name] = enforce(out, lr) if projected else out
+            sr_values, gt_values = outputs[name][0] * span + low, gt[0].astype(np.float64) * span + low
+            rows[name] = {"psnr": metrics.psnr(sr_values, gt_values, data_range=data_range),
+                          "ssim": metrics.ssim(sr_values, gt_values, data_range=data_range,
+                                               convention=options.ssim_convention),
+                          "mae": float(np.abs(sr_values - gt_values).mean())}
+            bands = metrics.band_detail(outputs[name][0], gt[0])
+            rows[name]["hf_kept"], rows[name]["hf_invented"] = bands[-1]["kept"], bands[-1]["invented"]
+    return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)
+
+
 def evaluate_sample(sample: Sample, models: list[Model], options: Options,
                     on_step: Callable[[str], None] | None = None) -> Result:
+    if options.protocol.volume:
+        return evaluate_slice(sample, models, options, on_step)
     image = read_any(sample.image)
     lr, gt = make_pair(image, options.protocol, options.fit)
     gt_vessels = fov = annotation = None
@@ -286,7 +351,7 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
     for model in models:
         if on_step:
             on_step(f"{sample.name}: {model.name}")
-        out = np.clip(model.run(lr, options.protocol.gt_size), 0, 1)
+        out = np.clip(model.run(lr, (options.protocol.gt_size, options.protocol.gt_size)), 0, 1)
         for name, projected in variants(model, options.consistency):
             outputs[name] = enforce(out, lr) if projected else out
             rows[name] = image_metrics(outputs[name], gt, image.max_value, options, gt_vessels, fov, annotation)

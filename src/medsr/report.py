@@ -19,7 +19,7 @@ from medsr.evaluate import Result
 from medsr.figures import to_pil
 
 COLUMNS = ("psnr", "ssim", "vessel_agreement", "vessel_auc", "hf_kept", "hf_invented", "mf_kept", "mf_invented",
-           "lpips")
+           "lpips", "mae")  # mae: volume-x2, in the volume's units
 PANEL = 256  # pixels per figure panel
 LABEL_HEIGHT = 26  # pixels for the model names above the panels and the error scale below
 ERROR_GAIN = 4  # the error row shows |SR - GT| x 4
@@ -34,7 +34,7 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-PAIRED_COLUMNS = ("psnr", "ssim", "vessel_auc", "hf_invented", "mf_invented")
+PAIRED_COLUMNS = ("psnr", "ssim", "vessel_auc", "hf_invented", "mf_invented", "mae")
 
 
 def paired_table(statistics: dict) -> str:
