@@ -309,3 +309,31 @@ def test_the_volume_protocol_scores_a_perfect_model_perfectly(tmp_path):
     truth["gt"] = ((volume.values[:, :, samples[0].slice] - low) / (high - low))[None]
     [result] = ev.evaluate(samples, [ev.Model("oracle", oracle)], options)
     assert result.rows["oracle"]["mae"] < 1e-3 and result.rows["oracle"]["psnr"] > 80
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on volumes
+
+
+def test_training_samples_slices_of_volumes_and_resumes_exactly(tmp_path):
+    from medsr import checkpoint
+    from medsr.data import HRImages
+    from medsr.train import finetune
+
+    from .test_train import tiny as tiny_config
+
+    data = tmp_path / "train"
+    data.mkdir()
+    volume = smooth_volume((40, 36, 4), low=-1000, high=1500)
+    volume[:, :, 3] = 7  # a blank slice: left out
+    save_nifti(data / "ct.nii.gz", volume, np.diag([0.8, 0.8, 3, 1.0]))
+    images = HRImages(data, gt_size=32)
+    assert images.items == [(data / "ct.nii.gz", k) for k in range(3)]
+    batch = images.batch(2, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    assert batch.shape == (2, 3, 32, 32) and 0 <= batch.min() and batch.max() <= 1
+    extra = ("loss.gan_weight=0", "model.d_warmup_iters=0")
+    straight = finetune(tiny_config(data, *extra), tmp_path / "a")
+    finetune(tiny_config(data, *extra, "run.iterations=2"), tmp_path / "b")
+    rest = finetune(tiny_config(data, *extra), tmp_path / "b", resume=True)
+    assert straight[2:] == rest
+    assert checkpoint.load(tmp_path / "b" / "latest.pth")["data"]["files"][0] == "ct.nii.gz#0"

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from medsr.image import Image
-from medsr.io import ImageError, image_files, image_size, read_image, write_image
+from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
 from medsr.upscale import resize_lanczos
+from medsr.volume import training_slices
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,19 @@ def as_rgb(image: Image) -> torch.Tensor:
     return pixels.expand(3, -1, -1).clone() if pixels.shape[0] == 1 else pixels
 
 
-def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str) -> list[Path]:
-    """The image files of ``folder`` whose headers read and that are at least ``min_side`` on both
-    sides. Others are listed in the error, or with ``skip_bad`` in a warning and left out."""
+def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str, volumes: bool = False
+                  ) -> list[Path]:
+    """The image files of ``folder`` (with ``volumes``, NIfTI volumes too) whose headers read and
+    that are at least ``min_side`` on both sides (a volume's slices). Others are listed in the
+    error, or with ``skip_bad`` in a warning and left out."""
     files, problems = [], []
-    for path in image_files(folder):
+    for path in image_files(folder, volumes=volumes):
         try:
-            height, width, frames = image_size(path)
+            height, width, frames = volume_slice_size(path) if is_nifti(path) else image_size(path)
         except ImageError as exc:
             problems.append(str(exc))
             continue
-        if frames > 1:
+        if frames > 1 and not is_nifti(path):
             problems.append(f"{path}: a stack of {frames} frames; training reads single images (split it)")
         elif min(height, width) < min_side:
             problems.append(f"{path}: {width}x{height} is smaller than the {min_side}-pixel crop")
@@ -50,10 +53,27 @@ def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: st
     return files
 
 
+def volume_slice_size(path: Path) -> tuple[int, int, int]:
+    """(height, width, slices) of a NIfTI volume's slices across its slice axis, from the header."""
+    try:
+        import nibabel
+
+        header = nibabel.load(path).header
+        shape, zooms = header.get_data_shape(), header.get_zooms()[:3]
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {exc})") from None
+    if len(shape) not in (3, 4):
+        raise ImageError(f"{path}: {len(shape)} dimensions; training takes 3D and 4D volumes")
+    axis = int(np.argmax(zooms)) if max(zooms) > sorted(zooms)[1] * 1.01 else 2
+    inplane = [shape[a] for a in range(3) if a != axis]
+    return inplane[0], inplane[1], int(np.prod(shape)) // (inplane[0] * inplane[1])
+
+
 class HRImages:
     """Ground-truth batches: random ``gt_size`` crops with random horizontal flips, from every image
-    medsr reads (8/16-bit, gray/RGB), in epochs. Images that do not read or are smaller than a crop
-    are refused when the run starts (or left out with ``skip_bad``).
+    medsr reads (8/16-bit, gray/RGB) and every slice of every NIfTI volume (across its slice axis,
+    over the volume's min..max; slices of one value left out), in epochs. Images that do not read
+    or are smaller than a crop are refused when the run starts (or left out with ``skip_bad``).
 
     The epoch order comes from ``order_generator`` (the same on every rank); each rank takes its
     share of every epoch. Crops and flips come from ``crop_generator``.
@@ -62,22 +82,33 @@ class HRImages:
     def __init__(self, folder: str | Path, *, gt_size: int, use_hflip: bool = True, rank: int = 0,
                  world_size: int = 1, skip_bad: bool = False) -> None:
         self.folder = Path(folder)
-        self.files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training")
-        if len(self.files) < world_size:
-            raise ValueError(f"{folder}: {len(self.files)} training images found, need at least {world_size}")
+        files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training", volumes=True)
+        self.volumes: dict[Path, np.ndarray] = {}  # slices of each volume, read once (volumes are compressed)
+        self.items: list[tuple[Path, int | None]] = []  # (image, None) or (volume, slice)
+        for path in files:
+            if is_nifti(path):
+                slices, _ = training_slices(path)
+                self.volumes[path] = slices
+                self.items += [(path, k) for k in range(slices.shape[2]) if np.ptp(slices[:, :, k]) > 0]
+            else:
+                self.items.append((path, None))
+        if len(self.items) < world_size:
+            raise ValueError(f"{folder}: {len(self.items)} training images found, need at least {world_size}")
         self.gt_size, self.use_hflip, self.rank, self.world_size = gt_size, use_hflip, rank, world_size
         self.order: list[int] = []
         self.position = 0
 
+    def _names(self) -> list[str]:
+        return [str(p.relative_to(self.folder)) + ("" if k is None else f"#{k}") for p, k in self.items]
+
     def state_dict(self) -> dict:
-        names = [str(p.relative_to(self.folder)) for p in self.files]
-        return {"order": list(self.order), "position": self.position, "files": names}
+        return {"order": list(self.order), "position": self.position, "files": self._names()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the stored epoch; files removed since are left out of it (new ones join the next)."""
         order, position = list(state["order"]), int(state["position"])
         stored = state.get("files")
-        names = [str(p.relative_to(self.folder)) for p in self.files]
+        names = self._names()
         if stored is not None and stored != names:
             index = {name: i for i, name in enumerate(names)}
             remaining = [index.get(stored[i]) for i in order[position:]]
@@ -86,14 +117,14 @@ class HRImages:
                         "epoch goes on without %d removed file(s), so the run is no longer an exact repeat",
                         self.folder, len(names), len(stored), gone)
             order, position = [i for i in remaining if i is not None], 0
-        elif any(i >= len(self.files) for i in order):
+        elif any(i >= len(self.items) for i in order):
             raise ValueError(f"{self.folder}: the checkpoint's epoch refers to {max(order) + 1} images, "
-                             f"the folder holds {len(self.files)}")
+                             f"the folder holds {len(self.items)}")
         self.order, self.position = order, position
 
     def _next_index(self, order_generator: torch.Generator) -> int:
         if self.position >= len(self.order):
-            epoch = torch.randperm(len(self.files), generator=order_generator).tolist()
+            epoch = torch.randperm(len(self.items), generator=order_generator).tolist()
             self.order, self.position = epoch[self.rank :: self.world_size], 0
         self.position += 1
         return self.order[self.position - 1]
@@ -113,8 +144,12 @@ class HRImages:
         """(batch_size, 3, gt_size, gt_size) float in [0, 1]."""
         crops = []
         for _ in range(batch_size):
-            path = self.files[self._next_index(order_generator)]
-            crops.append(self.crop(as_rgb(read_image(path)), crop_generator))
+            path, index = self.items[self._next_index(order_generator)]
+            if index is None:
+                image = as_rgb(read_image(path))
+            else:
+                image = torch.from_numpy(self.volumes[path][:, :, index])[None].expand(3, -1, -1)
+            crops.append(self.crop(image, crop_generator).contiguous())
         return torch.stack(crops)
 
 

@@ -156,6 +156,23 @@ def slice_axis(volume: Volume, axis: int | None = None) -> int:
     return largest
 
 
+def training_slices(path: str | Path) -> tuple[np.ndarray, int]:
+    """A volume for training: its slices across the slice axis (isotropic volumes: k) as float32
+    (H, W, N) in [0, 1] over the volume's min..max (the mapping ``upscale`` uses), and the axis.
+    4D volumes give every time point's slices."""
+    volume = read_volume(path)
+    try:
+        axis = slice_axis(volume)
+    except ValueError:
+        axis = 2
+    data = np.moveaxis(volume.data, axis, 2)
+    data = data.reshape(*data.shape[:2], -1).astype(np.float32)
+    low, high = float(data.min()), float(data.max())
+    data -= low
+    data /= high - low if high > low else 1.0
+    return data, axis
+
+
 def slice_images(volume: Volume, axis: int) -> tuple[list[Image], tuple[float, float]]:
     """The 2D slices across ``axis`` (every time point of a 4D volume) as images whose [0, 1] is
     the volume's min..max, and that range in stored values."""
