@@ -54,7 +54,7 @@ def block_index(image: np.ndarray, factor: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     sets = (("retina-x2", SHARED / "retina/CHASE_DB1", "retina-fidelity"),
             ("cxr-x4", SHARED / "cxr/NIH-ChestXray14/val", "cxr-fidelity"))

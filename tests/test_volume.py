@@ -234,7 +234,8 @@ def test_a_folder_of_two_series_gives_two_new_series_each_with_one_mapping(tmp_p
     assert sum(high == 1 for _, high in spy.seen) == 2 and sum(low == 0 for low, _ in spy.seen) == 2
     for uid in (a, b):  # no flicker: slice-to-slice changes of the mean as in the input
         pairs = sorted((float(sources[str(r.target)].ImagePositionPatient[2]), sources[str(r.target)], o)
-                       for r, o in zip(results, outputs, strict=True) if sources[str(r.target)].SeriesInstanceUID == uid)
+                       for r, o in zip(results, outputs, strict=True)
+                       if sources[str(r.target)].SeriesInstanceUID == uid)
         means_in = [s.pixel_array.mean() for _, s, _ in pairs]
         means_out = [o.pixel_array.mean() for _, _, o in pairs]
         np.testing.assert_allclose(np.diff(means_out), np.diff(means_in), atol=1e-9)

@@ -157,6 +157,20 @@ def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str],
     return used, paths, failed, scores, kept
 
 
+def parse_region(text: str | None, size: int) -> tuple[int, int, int, int] | None:
+    """``X,Y,W,H`` -> the magnified region of the figures, within a ``size`` square (0: any size)."""
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--region {text!r}: give X,Y,W,H in ground-truth pixels, e.g. 200,180,64,64") from None
+    if x < 0 or y < 0 or w < 1 or h < 1 or (size and (x + w > size or y + h > size)):
+        raise ValueError(f"--region {text!r}: needs x, y >= 0, a width and height of at least 1"
+                         + (f", within the {size}x{size} ground truth" if size else ""))
+    return x, y, w, h
+
+
 def parse_range(text: str) -> str | tuple[float, float]:
     """``auto``, ``full`` or ``LO,HI`` from the command line -> ReadOptions.value_range."""
     if text in ("auto", "full"):
@@ -277,6 +291,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
     protocol = ev.with_blur(ev.PROTOCOLS[args.protocol], args.blur_sigma)
+    region = parse_region(args.region, protocol.gt_size)  # checked before any work, not after it
+    if args.max_images < 0 or args.figures < 0 or args.slices < 1:
+        raise ValueError(f"--max-images {args.max_images}, --figures {args.figures}, --slices {args.slices}: "
+                         "need 0 or more images and figures, and at least one slice")
     if protocol.volume:
         samples = [s for folder in args.data for s in ev.find_slices(folder, per_volume=args.slices, axis=args.axis)]
     else:
@@ -322,24 +340,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
     models_only = {m: rows for m, rows in ev.per_image(results).items() if m != "ground truth"}
     statistics = stats.statistics(models_only, reference)
-    region = tuple(int(v) for v in args.region.split(",")) if args.region else None
     settings = {
         "protocol": protocol.name, "data": ", ".join(map(str, args.data)), "images": len(results),
-        "skipped": len(failed), "ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
-        "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
-              f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
-        **({"ground truth": f"{args.slices} slices per volume, evenly spaced, across the slice axis (largest spacing; "
-                            "isotropic: k unless --axis), cropped to whole blocks",
-            "LR": f"the {protocol.scale}x{protocol.scale} box mean in-plane (a detector of twice the pitch)",
-            } if protocol.volume else {}),
-        "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
-                "crop": "non-square images cropped to their centre square, then resized"}[args.fit],
+        "skipped": len(failed), **ev.describe_protocol(protocol, fit=args.fit, slices=args.slices),
         "consistency": {"on": "networks' outputs projected to average back to LR (as medsr upscale does)",
                         "off": "networks' raw outputs", "both": "each network projected (NAME) and raw (NAME raw)"
                         }[args.consistency],
-        "PSNR/SSIM": (f"in the volume's units over its {ev.VOLUME_PERCENTILES[0]:g}th..{ev.VOLUME_PERCENTILES[1]:g}th "
-                      "percentile range; MAE in its units" if protocol.volume else
-                      "on the source's value range (8-bit: 255; 12-bit data: 4095; ...)") + f"; SSIM convention {args.ssim}",
+        "SSIM convention": args.ssim,
         "LPIPS": lpips_status,
         "models": "; ".join(f"{m.name}: {m.source}" for m in models),
         "reference": reference,

@@ -39,6 +39,10 @@ class Protocol:
     vessels: bool = False  # fundus vessel fidelity metrics
     volume: bool = False  # slices of volumes: GT = the slice, LR = its s x s box mean (see evaluate_slice)
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
+            raise ValueError(f"blur sigma {self.blur_sigma}: must be a finite number >= 0 (0: no blur)")
+
 
 PROTOCOLS = {
     "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True),
@@ -423,6 +427,23 @@ def lpips_metric() -> tuple[Callable[[np.ndarray, np.ndarray], float] | None, st
             return float(model(to_tensor(sr), to_tensor(gt)))
 
     return score, "computed: LPIPS (AlexNet)"
+
+
+def describe_protocol(protocol: Protocol, *, fit: str, slices: int) -> dict[str, str]:
+    """The protocol in words, for the report's settings."""
+    if protocol.volume:
+        return {"ground truth": f"{slices} slices per volume, evenly spaced, across the slice axis (the largest "
+                                "spacing; isotropic volumes: k unless an axis is given), cropped to whole blocks",
+                "LR": f"the {protocol.scale}x{protocol.scale} box mean in-plane (a detector of {protocol.scale} "
+                      "times the pitch)",
+                "PSNR/SSIM": f"in the volume's units over its {VOLUME_PERCENTILES[0]:g}th..{VOLUME_PERCENTILES[1]:g}th "
+                             "percentile range; MAE in its units"}
+    return {"ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
+            "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
+                  f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
+            "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
+                    "crop": "non-square images cropped to their centre square, then resized"}[fit],
+            "PSNR/SSIM": "on the source's value range (8-bit: 255; 12-bit data: 4095; ...)"}
 
 
 def with_blur(protocol: Protocol, sigma: float | None) -> Protocol:

@@ -111,6 +111,12 @@ def _freed_memory_kept(device: torch.device) -> Iterator[None]:
         return_freed_memory()
 
 
+def check_tile(tile: int | None) -> None:
+    """None (automatic), 0 (the whole image) or a positive whole number of LR pixels."""
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 0):
+        raise ValueError(f"tile {tile!r}: give None (automatic), 0 (the whole image) or a positive whole number")
+
+
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -341,6 +347,7 @@ def upscale_tensor(
         float32, shape (C, H * scale, W * scale), on the CPU, clamped to [0, 1].
     """
     model = as_model(model)
+    check_tile(tile)
     device = pick_device(device)
     dtype = pick_precision(precision, device, model)
     budget = budget_bytes or memory_budget(device)

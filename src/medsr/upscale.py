@@ -163,6 +163,8 @@ def upscale(
         >>> print(sr.consistency)                           # doctest: +SKIP
         mean shift +0.000%, mean abs error 0.000%, 0.000% beyond range
     """
+    infer.check_tile(tile)  # arguments before work
+    pick_device(device)
     if isinstance(image, str | Path) and is_nifti(image):
         image = read_volume(image)
     if isinstance(image, Volume):
@@ -240,7 +242,7 @@ def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity
         return as_model(model), "as asked"
     if str(model) != "auto":
         return load_model(model, fidelity=fidelity), "as asked"
-    return load_model("cxr", fidelity=1.0), "auto: a volume; no model is trained on MR or CT yet: the gray fidelity model"
+    return load_model("cxr", fidelity=1.0), "auto: a volume; no model is trained on MR or CT yet: the gray fidelity one"
 
 
 def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,
