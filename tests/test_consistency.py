@@ -108,9 +108,34 @@ def test_projection_moves_an_unclipped_block_by_one_constant():
     lr = np.full((1, 2, 2), 0.5, np.float32)
     sr = np.array([[[0.4, 0.6, 0.3, 0.3], [0.5, 0.3, 0.3, 0.3], [0.5] * 4, [0.5] * 4]], np.float32)
     sr[0, :2, 2:] = [[0.7, 0.6], [0.6, 0.5]]
-    out = enforce(sr, lr, bounds=(0, 1))
+    out = enforce(sr, lr, bounds=(0, 1), smooth_rounds=0)  # the box step alone
     np.testing.assert_allclose(out[0, :2, :2], sr[0, :2, :2] + (0.5 - 0.45), atol=1e-6)  # mean was 0.45
     np.testing.assert_allclose(out[0, :2, 2:], sr[0, :2, 2:] - 0.1, atol=1e-6)  # mean was 0.6
+
+
+def _steps_across_block_borders(image: np.ndarray, factor: int) -> float:
+    """Mean |step| between horizontal neighbours across block borders over the mean within blocks."""
+    steps = np.abs(np.diff(image[0], axis=1))
+    border = (np.arange(steps.shape[1]) % factor) == factor - 1
+    return float(steps[:, border].mean() / steps[:, ~border].mean())
+
+
+def test_the_smooth_rounds_leave_no_block_grid():
+    # A smooth network output that is off by a smooth error varying from one input pixel to the
+    # next: the box step alone corrects each block by its own constant, a staircase; the smooth
+    # rounds spread the correction.
+    x = np.linspace(0, 1, 64)
+    truth = (0.4 + 0.2 * x[None, :] * np.ones((64, 1)))[None]
+    lr = truth.reshape(1, 16, 4, 16, 4).mean(axis=(2, 4)).astype(np.float32)
+    error = torch.nn.functional.interpolate(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)),
+                                            scale_factor=4, mode="bilinear")[0].numpy()
+    sr = (truth + 0.05 * error).astype(np.float32)
+    box, smooth = enforce(sr, lr, bounds=(0, 1), smooth_rounds=0), enforce(sr, lr, bounds=(0, 1))
+    for out in (box, smooth):
+        np.testing.assert_allclose(average_back(out, lr.shape[1:]), lr, atol=1e-6)
+    # measured: the network's output 1.10, the box step 1.36, the smooth rounds 1.01, the truth 1.00
+    assert _steps_across_block_borders(box, 4) > 1.3  # a staircase at the block borders
+    assert _steps_across_block_borders(smooth, 4) < 1.05  # steps as within blocks
 
 
 def test_rounding_to_stored_levels_keeps_every_block_sum():

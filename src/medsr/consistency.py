@@ -5,10 +5,15 @@ over it hold (area-weighted where the scale is not an integer). No network keeps
 so after the network medsr *projects* its output onto the outputs that do (iterative
 back-projection, Irani & Peleg, CVGIP 1991; with the box mean, one step is exact):
 
-- integer scales: each block of s x s output pixels is shifted by one constant so that its mean is
-  the input pixel, the shift found with the output kept within the input's range (the Euclidean
-  projection onto both constraints, block by block); then rounded to stored levels so that each
-  block's sum stays exact (largest remainders), so the written file averages back exactly;
+- integer scales: first ``SMOOTH_ROUNDS`` rounds of back-projection with a smooth kernel (the
+  residual, input minus the output's block means, upsampled bicubically and added), which spread
+  the correction across block borders; then what remains is removed exactly: each block of s x s
+  output pixels is shifted by one constant so that its mean is the input pixel, with the output
+  kept within the input's range (the Euclidean projection onto both constraints, block by block).
+  The box step alone moves the output least but draws the block grid wherever the network
+  disagrees with its input (docs/CONSISTENCY.md measures both). Last, values are rounded to stored
+  levels so that each block's sum stays exact (largest remainders): the written file averages back
+  exactly;
 - other scales: the least-squares correction of the area-weighted mean, alternated with the range
   bound (a few rounds; what remains is measured).
 
@@ -21,9 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
 from medsr.infer import OutputError
 
+SMOOTH_ROUNDS = 20  # the smooth kernel's correction falls by at least 4x per 5 rounds at the worst frequency
 BISECTION_STEPS = 48  # of the per-block shift: 2**-48 of the range, far below a 16-bit level
 ALTERNATING_ROUNDS = 16  # non-integer scales: rounds of correction and range bound (see `_alternating`)
 
@@ -147,12 +155,13 @@ def check(found: Consistency, tolerance: Tolerance = DEFAULT_TOLERANCE) -> None:
 
 
 def enforce(sr: np.ndarray, lr: np.ndarray, *, bounds: tuple[float, float] | None = None,
-            levels: float | None = None) -> np.ndarray:
+            levels: float | None = None, smooth_rounds: int = SMOOTH_ROUNDS) -> np.ndarray:
     """``sr`` (C, H, W) corrected so that it averages back to ``lr`` (C, h, w) and stays within
     ``bounds`` (default: ``lr``'s min and max); float32.
 
     ``levels``: stored steps from 0 to 1 (255 for 8-bit files); the result is then on those steps,
-    with each block's sum kept exact at integer scales. None for float data.
+    with each block's sum kept exact at integer scales. None for float data. ``smooth_rounds``:
+    rounds of smooth back-projection before the exact box step (0: the box step alone).
     """
     if sr.shape[1] < lr.shape[1] or sr.shape[2] < lr.shape[2]:
         raise ValueError(f"an output of {sr.shape[2]}x{sr.shape[1]} is smaller than its input "
@@ -162,7 +171,8 @@ def enforce(sr: np.ndarray, lr: np.ndarray, *, bounds: tuple[float, float] | Non
     (height, width), (out_h, out_w) = lr.shape[1:], sr.shape[1:]
     fy, fx = _integer_factor(out_h, height), _integer_factor(out_w, width)
     if fy and fx:
-        blocks = _blocks(sr.astype(np.float64), fy, fx)
+        smooth = _smooth_back_projection(sr, lr64, fy, fx, smooth_rounds) if smooth_rounds else sr
+        blocks = _blocks(smooth.astype(np.float64), fy, fx)
         blocks = _bounded_shift(blocks, lr64[..., None], low, high)
         if levels is not None:
             blocks = _round_keeping_sums(blocks, lr64[..., None], levels, low, high)
@@ -171,6 +181,17 @@ def enforce(sr: np.ndarray, lr: np.ndarray, *, bounds: tuple[float, float] | Non
     if levels is not None:
         out = np.rint(out * levels) / levels
     return out.astype(np.float32)
+
+
+def _smooth_back_projection(sr: np.ndarray, lr: np.ndarray, fy: int, fx: int, rounds: int) -> np.ndarray:
+    """Irani & Peleg's iteration y += U(x - D y) with D the block mean and U bicubic upsampling: the
+    correction varies smoothly across block borders (no grid), and shrinks each round."""
+    out = torch.from_numpy(sr.astype(np.float64))[None]
+    target = torch.from_numpy(lr)[None]
+    for _ in range(rounds):
+        residual = target - F.avg_pool2d(out, (fy, fx))
+        out += F.interpolate(residual, scale_factor=(fy, fx), mode="bicubic", align_corners=False)
+    return out[0].numpy()
 
 
 def _blocks(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
