@@ -21,7 +21,7 @@ from medsr import batch, dicom, volume, weights
 from medsr.config import PRESETS
 from medsr.consistency import Consistency
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
-from medsr.infer import pick_device, pick_precision
+from medsr.infer import pick_device, pick_precision, precision_name
 from medsr.io import WRITERS, ImageError, is_nifti, read_frames, read_image, reader_for
 from medsr.upscale import DEFAULT_MODEL, check_outscale
 
@@ -306,7 +306,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("no images found in " + ", ".join(map(str, args.data)))
     baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
     ranks = _process_group()  # under torchrun each rank takes every N-th image; rank 0 reports
-    models = ev.build_models([*baselines, *args.model], tile=args.tile, device=_rank_device(args.device, ranks))
+    device = _rank_device(args.device, ranks)
+    models = ev.build_models([*baselines, *args.model], tile=args.tile, device=device, precision=args.precision)
     lpips, lpips_status = ev.lpips_metric()
     options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips,
                          consistency=args.consistency)
@@ -347,6 +348,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         "off": "networks' raw outputs", "both": "each network projected (NAME) and raw (NAME raw)"
                         }[args.consistency],
         "SSIM convention": args.ssim,
+        "precision": f"networks in {precision_name(pick_precision(args.precision, device))} on {device.type}",
         "LPIPS": lpips_status,
         "models": "; ".join(f"{m.name}: {m.source}" for m in models),
         "reference": reference,
@@ -427,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="network precision (default: auto = fp32 on CPU, bf16 or fp16 on CUDA)")
+                    help="network precision (default: auto = bf16 on a CPU with native bf16, else fp32 on CPU; "
+                         "bf16 or fp16 on CUDA)")
     up.add_argument("--ext", default=None, help="output file type, e.g. png or tif (default: as input)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger inputs")
@@ -520,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
     ev.add_argument("--tile", type=int, default=None, help="LR tile side (default: auto)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ev.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="network precision (default: auto, as for upscale)")
     ev.add_argument("-o", "--output", type=Path, required=True, help="report folder")
     ev.add_argument("--overwrite", action="store_true", help="write into an existing report folder")
     ev.set_defaults(run=run_evaluate)

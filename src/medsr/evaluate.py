@@ -198,7 +198,7 @@ def parse_model_entry(entry: str) -> tuple[str, float | None]:
         raise ValueError(f"model {entry!r}: after @ give a fidelity from 0 to 1, e.g. retina@0.5") from None
 
 
-def build_models(names: list[str], *, tile: int | None, device: str) -> list[Model]:
+def build_models(names: list[str], *, tile: int | None, device: str, precision: str = "auto") -> list[Model]:
     """Baselines and models by entry: a name, ``NAME@F`` (a fidelity), a path, or ``LABEL=ENTRY``.
     Labels are unique: two checkpoints of one file name are told apart by their paths."""
     labelled = [entry.split("=", 1) if "=" in entry and not Path(entry).exists() else [None, entry]
@@ -206,7 +206,7 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
     stems = [Path(entry).name for _, entry in labelled]
     models = []
     for (label, name), stem in zip(labelled, stems, strict=True):
-        model = _build_model(name, tile=tile, device=device)
+        model = _build_model(name, tile=tile, device=device, precision=precision)
         if label:
             model.name = label
         elif stems.count(stem) > 1 and Path(name).is_file():
@@ -219,7 +219,7 @@ def build_models(names: list[str], *, tile: int | None, device: str) -> list[Mod
     return models
 
 
-def _build_model(name: str, *, tile: int | None, device: str) -> Model:
+def _build_model(name: str, *, tile: int | None, device: str, precision: str) -> Model:
     if name == "bicubic":
         return Model(name, lambda lr, size: resize_bicubic(lr, *size))
     if name == "lanczos":
@@ -229,7 +229,7 @@ def _build_model(name: str, *, tile: int | None, device: str) -> Model:
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # the raw network: evaluate projects it (or not)
         return upscale(Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], tile=tile, device=device,
-                       consistency=False, allow_inconsistent=True).pixels
+                       precision=precision, consistency=False, allow_inconsistent=True).pixels
 
     source = "; ".join(f"{path} (SHA-256 {digest})" for path, digest in model.sources)
     # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
