@@ -1,6 +1,6 @@
 """Seconds per fine-tuning iteration on this machine, with a breakdown.
 
-Usage: python benchmarks/bench_train.py [--setting paper|light|both] [--iterations 2]
+Usage: python benchmarks/bench_train.py [--setting paper|light|both] [--iterations 2] [--precision fp32,bf16]
 
 Settings: "paper" = batch 10, GT 256 (the paper's); "light" = the cpu-light preset (batch 4,
 GT 128). Networks are the full x4plus generator and discriminator and VGG19 with random weights:
@@ -32,32 +32,36 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench(setting: str, iterations: int, folder: Path) -> None:
-    overrides = ["model.init_g=scratch", f"data.train={folder / 'hr'}", f"loss.vgg_weights={folder / 'vgg.pth'}"]
+def bench(setting: str, iterations: int, folder: Path, precision: str) -> float:
+    overrides = ["model.init_g=scratch", f"data.train={folder / 'hr'}", f"loss.vgg_weights={folder / 'vgg.pth'}",
+                 f"run.bf16={'true' if precision == 'bf16' else 'false'}"]
     config = build_config(preset="cpu-light" if setting == "light" else "retina", overrides=tuple(overrides))
-    run = build(config, folder / f"run-{setting}")
+    run = build(config, folder / f"run-{setting}-{precision}")
     train_step(run)  # warm-up
     full = sum(timed(lambda: train_step(run)) for _ in range(iterations)) / iterations
     data = timed(lambda: degraded_batch(run))
     lq, gt_usm, gt = degraded_batch(run)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
         sr = run.net_g(lq)
     d = timed(lambda: d_step(run, gt, sr))
     sr_grad = sr.clone().requires_grad_(True)
-    vgg = timed(lambda: run.perceptual(sr_grad, gt_usm).backward())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
+        vgg = timed(lambda: run.perceptual(sr_grad, gt_usm).backward())
     g = full - data - d - vgg
     b, size = config.data.batch_size, config.data.gt_size
-    print(f"{setting}: batch {b}, GT {size}: {full:.1f} s per iteration (mean of {iterations})")
+    print(f"{setting}, {precision}: batch {b}, GT {size}: {full:.1f} s per iteration (mean of {iterations})")
     for name, seconds in (("data + degradation", data), ("generator (fwd, L1, GAN, bwd, Adam)", g),
                           ("discriminator step", d), ("VGG19 perceptual (fwd + bwd)", vgg)):
         print(f"  {name:38s} {seconds:6.1f} s  {seconds / full:6.1%}")
     print(f"  -> {7200 / full:.0f} iterations in two hours")
+    return full
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=["paper", "light", "both"], default="both")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16 (autocast), side by side")
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +73,10 @@ def main() -> None:
             Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC).save(folder / "hr" / f"{i}.png")
         torch.save(VGG19Features().state_dict(), folder / "vgg.pth")
         for setting in (["light", "paper"] if args.setting == "both" else [args.setting]):
-            bench(setting, args.iterations, folder)
+            times = {p: bench(setting, args.iterations, folder, p) for p in args.precision.split(",")}
+            if len(times) > 1:
+                print(f"{setting}: " + ", ".join(f"{p} {t / times['fp32']:.2f}x fp32's time" for p, t in times.items()
+                                                if p != "fp32"))
 
 
 if __name__ == "__main__":
