@@ -2,6 +2,8 @@
 
 import sys
 
+import numpy as np
+
 import pytest
 from PIL import Image as PILImage
 
@@ -53,3 +55,38 @@ def test_max_images_keeps_what_it_says(one_image, tmp_path, capsys):
     assert main(["evaluate", str(one_image), "--protocol", "retina-x2", "--baselines", "bicubic", "--max-images",
                  "2", "--figures", "0", "-o", str(tmp_path / "report")]) == 0
     assert "(2 images, 0 skipped)" in capsys.readouterr().out
+
+
+def test_a_per_file_error_is_printed_once(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["upscale", str(tmp_path / "broken.png"), "-o", str(tmp_path / "out.png")]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("broken.png: not a PNG file") == 1
+
+
+def test_info_says_what_upscale_would_do_with_a_dicom_file(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    ct, rgb32 = get_testdata_file("CT_small.dcm"), get_testdata_file("SC_rgb_rle_32bit.dcm")
+    assert main(["info", ct]) == 0
+    out = capsys.readouterr().out
+    assert "stored values:       128..2191" in out  # pydicom's CT_small: stored 128..2191 (issue 28)
+    assert "model (auto):        cxr-fidelity (auto: no model is trained on DICOM Modality CT" in out
+    assert main(["info", rgb32]) == 1
+    assert "32 bits allocated per sample is not supported" in capsys.readouterr().err
+
+
+def test_the_summary_of_a_run_where_nothing_was_upscaled(tmp_path, capsys):
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out.png")]) == 1
+    out = capsys.readouterr().out
+    assert "upscaled no files" in out and "with none" not in out
+
+
+def test_dicom_values_are_described_by_their_stored_range(tmp_path):
+    from medsr.batch import describe_values
+    from medsr.io import read_image
+
+    from .test_dicom import make_dicom
+
+    make_dicom(tmp_path / "a.dcm", (random_image(16, 16, 1, np.uint16)[..., 0] >> 4), bits_stored=12)
+    assert describe_values(read_image(tmp_path / "a.dcm")) == "gray, DICOM: 12 bits stored, 0..4095"

@@ -162,7 +162,10 @@ def _unwritable(folder: Path) -> str | None:
 
 
 def describe_values(image: Image) -> str:
-    """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be."""
+    """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be
+    (DICOM: ``gray, DICOM: 12 bits stored, 0..4095``: its stored range, not the container's)."""
+    if image.levels is not None:  # the format maps its own stored range (DICOM), which the reason names
+        return f"{image.mode}, {image.range_reason}"
     return f"{image.mode}, values {image.min_value:g}..{image.max_value:g} ({image.range_reason})"
 
 
@@ -240,7 +243,7 @@ def upscale_files(
             raise
         except (ImageError, ValueError, RuntimeError) as exc:
             message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
-            log.warning(message)
+            log.debug(message)  # the result carries it: the caller reports it once
             yield FileResult(source=source, error=message)
             continue
         log.info("%s -> %s (%s)", source, target, chosen.name)
@@ -292,7 +295,7 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
         raise
     except (ImageError, ValueError, RuntimeError) as exc:
         message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
-        log.warning(message)
+        log.debug(message)  # the result carries it: the caller reports it once
         return FileResult(source=source, error=message)
     values = volume.values
     ran_in = infer.precision_name(infer.pick_precision(settings["precision"], infer.pick_device(settings["device"]),

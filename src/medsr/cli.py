@@ -98,9 +98,9 @@ def run_upscale(args: argparse.Namespace) -> int:
         if ranks.get_rank() != 0:
             return 1 if failed else 0
     share = f" (share {index} of {count})" if count > 1 and not ranks else ""
-    models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items()) or "none"
-    print(f"upscaled {sum(used.values())} file(s){share} with {models} on {device.type} in {seconds:.1f} s; "
-          f"{failed} failed")
+    models = ", ".join(f"{name} ({count})" if len(used) > 1 else name for name, count in used.items())
+    done = f"upscaled {sum(used.values())} file(s){share} with {models}" if used else f"upscaled no files{share}"
+    print(f"{done} on {device.type} in {seconds:.1f} s; {failed} failed")
     for path, count in sorted(paths.items()):
         print(f"  {count} file(s): {path}")
     if kept:
@@ -195,6 +195,7 @@ def run_info(args: argparse.Namespace) -> int:
                 rows = volume.describe(path)
             elif reader_for(path) is dicom.read_dicom:
                 rows = dicom.describe(path)
+                rows += _dicom_outlook(path)
             else:
                 frames = read_frames(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
                 image = frames[0]
@@ -211,6 +212,23 @@ def run_info(args: argparse.Namespace) -> int:
         for name, value in rows:
             print(f"  {name + ':':20s} {value}")
     return 1 if failed else 0
+
+
+def _dicom_outlook(path: Path) -> list[tuple[str, str]]:
+    """What upscale would do with a DICOM file: its values and the model auto takes; or why it would
+    refuse the file (raised, so that info says it as an error)."""
+    from medsr.consistency import content_range
+    from medsr.upscale import model_for
+
+    frames = read_frames(path)
+    low, high = content_range([frame.pixels for frame in frames])
+    mapping = frames[0].meta["dicom_range"]
+    stored = sorted(round(float(v) * (mapping.high - mapping.low) + mapping.low) for v in  # whole levels
+                    ((1 - low, 1 - high) if mapping.invert else (low, high)))
+    name, fidelity, why = model_for(frames[0])
+    model = f"{name}-fidelity" if fidelity == 1 else name if fidelity in (0, None) else f"{name}@{fidelity:g}"
+    return [("stored values", f"{stored[0]:g}..{stored[1]:g} (the network sees this range)"),
+            ("model (auto)", f"{model} ({why})")]
 
 
 def run_degrade_preview(args: argparse.Namespace) -> int:

@@ -210,7 +210,7 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     del ds.PixelData  # the decoded copy is in ``stored``; the writer sets new pixel data
     # Native byte order: a big-endian file's array must not write big-endian bytes into little-endian output.
     meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("="), "dicom_bits": bits}
-    reason = f"DICOM: {ds.BitsStored} bits stored"
+    reason = f"DICOM: {ds.BitsStored} bits stored, {mapping.low:g}..{mapping.high:g}"
     if window is not None:
         reason += f"; the network sees the window, stored {window[0] * (mapping.high - mapping.low) + mapping.low:g}.."
         reason += f"{window[1] * (mapping.high - mapping.low) + mapping.low:g}"
