@@ -162,12 +162,13 @@ reused = faults_of_ten_allocations(16 << 20), faults_of_ten_allocations(1 << 20)
 infer.return_freed_memory()
 print(default, kept, *reused)
 """
-    pages = 10 * (64 << 20) // 4096
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
-    default, kept, reused_64, reused_4 = result.stdout.split()
-    assert int(default) > pages // 2  # glibc's default: a new mapping each time
-    assert kept == "True" and int(reused_64) < pages // 10 and int(reused_4) < pages // 40
+    default, kept, reused_64, reused_4 = (int(v) if v.isdigit() else v for v in result.stdout.split())
+    # glibc's default maps each block afresh: a fault per page, 4 KiB (163,840 for ten 64 MiB blocks)
+    # or 2 MiB where the kernel backs them with transparent huge pages (320): counted relative to it
+    assert default >= 10 * 64 // 2  # at least a fault per huge page of each block
+    assert kept == "True" and reused_64 * 5 < default and reused_4 * 20 < default
     tuned = {**env, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=tuned)
     assert result.stdout.split()[1] == "False"  # the user's settings are left alone
