@@ -43,9 +43,11 @@ def test_iso_matches_the_gaussian_formula():
 
 
 def test_plateau_is_flatter_than_gaussian_at_the_centre():
-    gauss, plateau = kernel("generalized_iso", beta=4.0), kernel("iso")
-    # beta 4: nearly flat top then a steep fall.
-    assert gauss[10, 11] / gauss[10, 10] > plateau[10, 11] / plateau[10, 10]
+    plateau, gauss = kernel("plateau_iso", beta=2.0), kernel("iso")
+    # Real-ESRGAN's plateau kernel 1 / (1 + (x^T S^-1 x)^beta), S = sigma^2 I: one pixel from the centre
+    # with sigma 2, beta 2 it keeps 1 / (1 + (1/4)^2) = 0.9412 of the peak; a Gaussian exp(-1/8) = 0.8825.
+    assert (plateau[10, 11] / plateau[10, 10]).item() == pytest.approx(1 / (1 + 0.25**2), rel=1e-5)
+    assert (gauss[10, 11] / gauss[10, 10]).item() == pytest.approx(math.exp(-1 / 8), rel=1e-5)
 
 
 @pytest.mark.parametrize("cutoff", [math.pi / 3, math.pi / 2])

@@ -5,6 +5,7 @@ from safetensors.torch import save_file
 
 import medsr
 from medsr.cli import main
+from medsr.infer import cpu_has_native_bf16
 from medsr.io import read_image
 
 from .conftest import free_port, random_image
@@ -71,7 +72,8 @@ def test_folder_in_folder_out(tmp_path, tiny_model, capsys):
     assert code == 0
     assert read_image(tmp_path / "out" / "a.png").size == (16, 16)
     assert read_image(tmp_path / "out" / "sub" / "b.jpg").is_gray
-    assert "upscaled 2 file(s) with tiny.safetensors x2 fp32 on cpu" in capsys.readouterr().out
+    ran_in = "bf16" if cpu_has_native_bf16() else "fp32"  # the CPU's default precision
+    assert f"upscaled 2 file(s) with tiny.safetensors x2 {ran_in} on cpu" in capsys.readouterr().out
 
 
 def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):

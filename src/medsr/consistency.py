@@ -82,7 +82,8 @@ class Consistency:
         return found
 
     def __str__(self) -> str:
-        return (f"mean shift {self.mean_shift:+.3f}%, mean abs error {self.mean_abs_error:.3f}%, "
+        shift = round(self.mean_shift, 3) + 0.0  # no "-0.000%" for float noise
+        return (f"mean shift {shift:+.3f}%, mean abs error {self.mean_abs_error:.3f}%, "
                 f"{self.beyond_range:.3f}% beyond range")
 
     @classmethod
