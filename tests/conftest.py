@@ -21,6 +21,18 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("MEDSR_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fp32_unless_testing_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with native bf16 medsr runs bf16 by default; tests of everything else see the fp32
+    default that other CPUs have, so that their numbers do not depend on the machine. The bf16 path
+    is tested in tests/test_bf16.py (and subprocesses, which this cannot reach, pass a precision)."""
+    if request.module.__name__.endswith("test_bf16"):
+        return
+    from medsr import infer
+
+    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture
 def tiny_net() -> torch.nn.Module:
     torch.manual_seed(0)

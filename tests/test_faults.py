@@ -341,7 +341,8 @@ def test_two_concurrent_upscale_runs_write_each_file_once(tmp_path, tiny_net):
     command = _medsr("upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "tiny.safetensors"))
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
-    written = sum(int(out.split("upscaled ")[1].split()[0]) for out, _ in outputs)
+    counts = [out.split("upscaled ")[1].split()[0] for out, _ in outputs]  # "5 file(s)" or "no files"
+    written = sum(0 if count == "no" else int(count) for count in counts)
     reported = sum(err.count("already exists") for _, err in outputs)
     assert written == 12 and reported == 12  # each file written once; every overlap reported
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i:02d}.png" for i in range(12)]

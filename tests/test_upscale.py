@@ -5,7 +5,6 @@ from safetensors.torch import save_file
 
 import medsr
 from medsr.cli import main
-from medsr.infer import cpu_has_native_bf16
 from medsr.io import read_image
 
 from .conftest import free_port, random_image
@@ -72,8 +71,7 @@ def test_folder_in_folder_out(tmp_path, tiny_model, capsys):
     assert code == 0
     assert read_image(tmp_path / "out" / "a.png").size == (16, 16)
     assert read_image(tmp_path / "out" / "sub" / "b.jpg").is_gray
-    ran_in = "bf16" if cpu_has_native_bf16() else "fp32"  # the CPU's default precision
-    assert f"upscaled 2 file(s) with tiny.safetensors x2 {ran_in} on cpu" in capsys.readouterr().out
+    assert "upscaled 2 file(s) with tiny.safetensors x2 fp32 on cpu" in capsys.readouterr().out
 
 
 def test_existing_outputs_are_kept_and_reported(tmp_path, tiny_model, capsys):
@@ -209,7 +207,8 @@ def test_torchrun_with_two_processes_equals_one(tmp_path, tiny_model):
     assert main(["upscale", str(src), "-o", str(tmp_path / "one"), "--model", tiny_model]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-            "-m", "medsr.cli", "upscale", str(src), "-o", str(tmp_path / "two"), "--model", tiny_model]
+            "-m", "medsr.cli", "upscale", str(src), "-o", str(tmp_path / "two"), "--model", tiny_model,
+            "--precision", "fp32"]  # as this process runs (conftest), whatever the CPU
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("upscaled 5 file(s)") == 1  # rank 0 reports for both
