@@ -242,9 +242,7 @@ def upscale_files(
         except weights.WeightsError:
             raise
         except (ImageError, ValueError, RuntimeError) as exc:
-            message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
-            log.debug(message)  # the result carries it: the caller reports it once
-            yield FileResult(source=source, error=message)
+            yield _failed(source, target, exc)
             continue
         log.info("%s -> %s (%s)", source, target, chosen.name)
         ran_in = infer.precision_name(infer.pick_precision(precision, infer.pick_device(device), chosen))
@@ -252,6 +250,13 @@ def upscale_files(
                          precision=ran_in, values=describe_values(frames[0]), frames=len(frames), why=why,
                          consistency=Consistency.worst([out.consistency for out in outputs if out.consistency]),
                          detail=scores[0], consistency_rms=scores[1])
+
+
+def _failed(source: Path, target: Path, exc: Exception) -> FileResult:
+    """The result of a file that failed, its message naming the file."""
+    message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
+    log.debug(message)  # the result carries it: the caller reports it once
+    return FileResult(source=source, error=message)
 
 
 def series_ranges(sources: list[Path], options: ReadOptions) -> dict[Path, tuple[float, float]]:
@@ -294,9 +299,7 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
     except weights.WeightsError:
         raise
     except (ImageError, ValueError, RuntimeError) as exc:
-        message = str(exc) if str(source) in str(exc) or str(target) in str(exc) else f"{source}: {exc}"
-        log.debug(message)  # the result carries it: the caller reports it once
-        return FileResult(source=source, error=message)
+        return _failed(source, target, exc)
     values = volume.values
     ran_in = infer.precision_name(infer.pick_precision(settings["precision"], infer.pick_device(settings["device"]),
                                                        chosen))
