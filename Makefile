@@ -2,12 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# PyTorch, pinned. Where no NVIDIA driver is found, PyTorch's CPU wheel index is added, so pip takes
-# the CPU build (the package index's default build carries CUDA: several GB); with a driver, the
-# default build. Override either: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`,
+# PyTorch, pinned. Where no NVIDIA driver is found and PyTorch's CPU wheel index can be reached, it is
+# added, so pip takes the CPU build (the package index's default build carries CUDA: several GB); with
+# a driver, the default build. Override either: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`,
 # `make setup TORCH_INDEX=` (the package index alone), `make setup TORCH=torch`.
 TORCH ?= torch==2.13.0
-TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+# The CPU index is probed once (5 s): where it cannot be reached, pip is not sent there to retry for
+# minutes with a warning each time; the package index alone serves (its torch build carries CUDA).
+ifeq ($(origin TORCH_INDEX), undefined)
+TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(shell $(PYTHON) -c \
+	"import urllib.request as r; r.urlopen('$(CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo $(CPU_INDEX)))
+endif
 
 .PHONY: setup test test-fast demo bench clean
 
