@@ -89,3 +89,19 @@ def test_dicom_values_are_described_by_their_stored_range(tmp_path):
 
     make_dicom(tmp_path / "a.dcm", (random_image(16, 16, 1, np.uint16)[..., 0] >> 4), bits_stored=12)
     assert describe_values(read_image(tmp_path / "a.dcm")) == "gray, DICOM: 12 bits stored, 0..4095"
+
+
+@pytest.mark.parametrize("change", ["data.gt_size=64", "model.preset=x4plus", "loss.gan_weight=0"])
+def test_resume_with_a_changed_shape_is_a_one_line_error(tmp_path, capsys, change):
+    from .test_train import TINY
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    PILImage.fromarray(random_image(72, 72, 3)).save(data / "a.png")
+    args = ["finetune", "-o", str(tmp_path / "run"), "--data", str(data), *sum((["--set", o] for o in TINY), [])]
+    assert main([*args, "--set", "run.iterations=1"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "-o", str(tmp_path / "run"), "--resume", "--set", change, "--set", "run.iterations=2"]) == 2
+    err = capsys.readouterr().err
+    assert "a resumed run keeps what its checkpoint was made with; changed: " + change.split("=")[0] in err
+    assert "Traceback" not in err and err.count("\n") == 1

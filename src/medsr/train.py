@@ -391,6 +391,8 @@ def _finetune(config: TrainConfig, run_dir: Path, resume: bool) -> list[dict[str
         raise ValueError(f"{run_dir}: holds a run already (latest.pth); resume it or give another folder")
     if resume and not latest.exists():
         raise ValueError(f"{latest}: no checkpoint to resume from")
+    if resume:
+        _check_resumable(config, config_of(latest), latest)
     run = build(config, run_dir)
     if resume:
         restore(run, checkpoint.load(latest))
@@ -408,6 +410,25 @@ def _finetune(config: TrainConfig, run_dir: Path, resume: bool) -> list[dict[str
         if run.rank == 0:
             files.write_atomic(run_dir / "config.yaml", dump_yaml(config).encode())
     return _iterate(run, logger)
+
+
+# What the checkpoint's tensors were made with: a resumed run cannot change them.
+FIXED_ON_RESUME = ("model.preset", "data.gt_size", "data.batch_size", "data.pool_size", "degrade.scale")
+
+
+def _check_resumable(config: TrainConfig, stored: TrainConfig, path: Path) -> None:
+    """Refuse, before anything is built, a resume whose config changes what the stored tensors are."""
+    changed = []
+    for key in FIXED_ON_RESUME:
+        section, name = key.split(".")
+        now, then = getattr(getattr(config, section), name), getattr(getattr(stored, section), name)
+        if now != then:
+            changed.append(f"{key} {then} -> {now}")
+    if (config.loss.gan_weight > 0) != (stored.loss.gan_weight > 0):
+        changed.append("loss.gan_weight: with a discriminator <-> without")
+    if changed:
+        raise ValueError(f"{path}: a resumed run keeps what its checkpoint was made with; changed: "
+                         f"{'; '.join(changed)} (start a new run for that)")
 
 
 def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
