@@ -105,3 +105,17 @@ def test_resume_with_a_changed_shape_is_a_one_line_error(tmp_path, capsys, chang
     err = capsys.readouterr().err
     assert "a resumed run keeps what its checkpoint was made with; changed: " + change.split("=")[0] in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_truncated_training_image_is_found_when_the_run_starts(tmp_path, caplog):
+    from medsr.data import HRImages
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    PILImage.fromarray(random_image(64, 64, 3)).save(data / "good.png")
+    PILImage.fromarray(random_image(64, 64, 3, seed=1)).save(data / "cut.png")
+    whole = (data / "cut.png").read_bytes()
+    (data / "cut.png").write_bytes(whole[: len(whole) // 3])  # the header reads; the pixels do not
+    with pytest.raises(ValueError, match=r"1 of the training images cannot be used(.|\n)*cut\.png"):
+        HRImages(data, gt_size=32)
+    assert [p.name for p, _ in HRImages(data, gt_size=32, skip_bad=True).items] == ["good.png"]

@@ -14,7 +14,7 @@ import torch
 from medsr.image import Image
 from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
 from medsr.upscale import resize_lanczos
-from medsr.volume import training_slices
+from medsr.volume import read_volume, training_slices
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ def as_rgb(image: Image) -> torch.Tensor:
 
 def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str, volumes: bool = False
                   ) -> list[Path]:
-    """The image files of ``folder`` (with ``volumes``, NIfTI volumes too) whose headers read and
-    that are at least ``min_side`` on both sides (a volume's slices). Others are listed in the
-    error, or with ``skip_bad`` in a warning and left out."""
+    """The image files of ``folder`` (with ``volumes``, NIfTI volumes too) that decode whole and are
+    at least ``min_side`` on both sides (a volume's slices). Others are listed in the error, or with
+    ``skip_bad`` in a warning and left out."""
     files, problems = [], []
     for path in image_files(folder, volumes=volumes):
         try:
@@ -42,6 +42,11 @@ def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: st
         elif min(height, width) < min_side:
             problems.append(f"{path}: {width}x{height} is smaller than the {min_side}-pixel crop")
         else:
+            try:  # decoded once now: a file truncated after its header would stop the run hours later
+                read_volume(path) if is_nifti(path) else read_image(path)
+            except ImageError as exc:
+                problems.append(str(exc))
+                continue
             files.append(path)
     if problems and not skip_bad:
         raise ValueError(f"{folder}: {len(problems)} of the {what} images cannot be used (set data.skip_bad "
