@@ -101,7 +101,8 @@ def test_resume_with_a_changed_shape_is_a_one_line_error(tmp_path, capsys, chang
     args = ["finetune", "-o", str(tmp_path / "run"), "--data", str(data), *sum((["--set", o] for o in TINY), [])]
     assert main([*args, "--set", "run.iterations=1"]) == 0
     capsys.readouterr()
-    assert main(["finetune", "-o", str(tmp_path / "run"), "--resume", "--set", change, "--set", "run.iterations=2"]) == 2
+    resume = ["finetune", "-o", str(tmp_path / "run"), "--resume", "--set", change, "--set", "run.iterations=2"]
+    assert main(resume) == 2
     err = capsys.readouterr().err
     assert "a resumed run keeps what its checkpoint was made with; changed: " + change.split("=")[0] in err
     assert "Traceback" not in err and err.count("\n") == 1
