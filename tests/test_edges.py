@@ -3,7 +3,9 @@
 import sys
 
 import numpy as np
+import pydicom
 import pytest
+import torch
 from PIL import Image as PILImage
 
 import medsr
@@ -120,3 +122,53 @@ def test_a_truncated_training_image_is_found_when_the_run_starts(tmp_path, caplo
     with pytest.raises(ValueError, match=r"1 of the training images cannot be used(.|\n)*cut\.png"):
         HRImages(data, gt_size=32)
     assert [p.name for p, _ in HRImages(data, gt_size=32, skip_bad=True).items] == ["good.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM output details and early errors
+
+
+def _identity():
+    return medsr.SRModel(module=torch.nn.Identity().eval(), scale=1, name="identity")
+
+
+def test_dicom_output_keeps_number_of_frames_and_appends_the_derivation(tmp_path):
+    from .test_dicom import make_dicom
+
+    ds = make_dicom(tmp_path / "nm.dcm", random_image(16, 16, 1, np.uint16)[..., 0] >> 4, photometric="MONOCHROME2",
+                    DerivationDescription="motion corrected")
+    ds.NumberOfFrames = 1  # as single-frame NM files state it (set_pixel_data leaves it out)
+    ds.save_as(tmp_path / "nm.dcm", enforce_file_format=True)
+    medsr.write_image(tmp_path / "out.dcm", medsr.upscale(medsr.read_image(tmp_path / "nm.dcm"), model=_identity()))
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert int(out.NumberOfFrames) == 1
+    assert out.DerivationDescription.startswith("motion corrected; medsr")
+
+
+def test_a_dataset_with_empty_uids_is_written_with_those_of_its_file_meta(tmp_path):
+    from .test_dicom import make_dicom
+
+    ds = make_dicom(tmp_path / "anon.dcm", random_image(16, 16, 1, np.uint16)[..., 0] >> 4, photometric="MONOCHROME2")
+    ds.SOPClassUID, ds.SOPInstanceUID = "", ""  # anonymised: the file meta keeps them
+    ds.save_as(tmp_path / "anon.dcm", enforce_file_format=True)
+    medsr.write_image(tmp_path / "out.dcm", medsr.upscale(medsr.read_image(tmp_path / "anon.dcm"), model=_identity()))
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert out.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID and out.SOPInstanceUID
+
+
+def test_an_empty_array_is_named_in_medsrs_words():
+    with pytest.raises(medsr.ImageError, match=r"an empty array of shape \(0, 8\)"):
+        medsr.upscale(np.zeros((0, 8), np.uint8), model=_identity())
+
+
+def test_a_network_returning_the_wrong_size_is_named():
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return x  # claims x2, gives x1
+
+    model = medsr.SRModel(module=Wrong().eval(), scale=2, name="wrong")
+    from medsr.infer import OutputError
+
+    wording = r"model wrong: the network gave 16x16 for a 16x16 input; a x2 model must give 32x32"
+    with pytest.raises(OutputError, match=wording):
+        medsr.upscale(random_image(16, 16, 1)[..., 0], model=model)

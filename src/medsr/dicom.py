@@ -264,7 +264,9 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
             delattr(ds, name)
     ds.set_pixel_data(stored, photometric, bits, generate_instance_uid=True)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if "SOPClassUID" in ds:
+    if not ds.get("SOPClassUID") and ds.file_meta.get("MediaStorageSOPClassUID"):  # anonymisers empty it
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    if ds.get("SOPClassUID"):
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     _move_position(ds, ds, ds, scale_y, scale_x)
     _scale_spacing(ds, scale_y, scale_x, image.source)
@@ -277,7 +279,7 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
         for item in ds.get(group, []):
             for measures in item.get("PixelMeasuresSequence", []):
                 _scale_spacing(measures, scale_y, scale_x, image.source)
-    if "SOPClassUID" in source and "SOPInstanceUID" in source:  # a derived image names its source
+    if source.get("SOPClassUID") and source.get("SOPInstanceUID"):  # a derived image names its source
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -286,7 +288,10 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
     series = str(source.get("SeriesInstanceUID", source.get("SOPInstanceUID", "")))
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
     ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:]]
-    ds.DerivationDescription = description[:1024]
+    earlier = str(source.get("DerivationDescription", "") or "")  # what was done before is kept
+    ds.DerivationDescription = (f"{earlier}; {description}" if earlier else description)[-1024:]
+    if "NumberOfFrames" in source and "NumberOfFrames" not in ds:  # a single-frame NM or US file states it
+        ds.NumberOfFrames = source.NumberOfFrames
     return ds
 
 

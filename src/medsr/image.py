@@ -171,6 +171,8 @@ class Image:
         The value range comes from ``pick_value_range``; three channels that differ by at most
         ``gray_tolerance`` stored levels are taken as gray (see ``gray_if_equal``).
         """
+        if array.ndim in (2, 3) and 0 in array.shape[:2]:
+            raise ImageError(f"an empty array of shape {array.shape}: nothing to upscale")
         if array.ndim == 2:
             array = array[:, :, None]
         if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):

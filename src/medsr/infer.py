@@ -309,12 +309,17 @@ def _rrdbnet_runner(net: RRDBNet, budget: int) -> TileRunner:
     return run
 
 
-def _module_runner(module: torch.nn.Module, out_per_cell: int) -> TileRunner:
+def _module_runner(module: torch.nn.Module, out_per_cell: int, name: str, scale: int) -> TileRunner:
     """Any module: the whole patch, then the core cut out."""
     def run(patch: torch.Tensor, core: tuple[int, int, int, int]) -> torch.Tensor:
         top, bottom, left, right = core
         k = out_per_cell
-        return module(patch).float()[:, :, top * k : bottom * k, left * k : right * k].cpu()
+        out = module(patch)
+        height, width = patch.shape[2:]
+        if tuple(out.shape[2:]) != (height * scale, width * scale):  # a custom network's mistake, in words
+            raise OutputError(f"model {name}: the network gave {out.shape[3]}x{out.shape[2]} for a {width}x{height} "
+                              f"input; a x{scale} model must give {width * scale}x{height * scale}")
+        return out.float()[:, :, top * k : bottom * k, left * k : right * k].cpu()
     return run
 
 
@@ -367,7 +372,10 @@ def upscale_tensor(
                        head_dtype=torch.float32 if cast and BF16_HEAD_IN_FP32 else None)
     cell = model.size_multiple  # LR pixels per side of the grid tiles are cut on
     out_per_cell = model.scale * cell
-    run = _rrdbnet_runner(module, budget) if isinstance(module, RRDBNet) else _module_runner(module, out_per_cell)
+    if isinstance(module, RRDBNet):
+        run = _rrdbnet_runner(module, budget)
+    else:
+        run = _module_runner(module, out_per_cell, model.name, model.scale)
     # Pad to whole cells (and the model's minimum) by replication; cropped afterwards.
     pad_h, pad_w = (math.ceil(max(n, model.min_size) / cell) * cell - n for n in (height, width))
     if pad_h or pad_w:
