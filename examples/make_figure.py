@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from medsr.figures import to_pil
 from medsr.io import read_image
@@ -41,13 +41,16 @@ def main() -> None:
     box = (x * scale, y * scale, (x + w) * scale, (y + h) * scale)
     tile = sr.width
     zoom = (tile, round(tile * h / w))
-    figure = Image.new("RGB", (tile * len(panels), 20 + sr.height + zoom[1]), "white")
+    top = max(20, tile // 20)  # the label band grows with the panels: readable when the figure is shrunk
+    font = ImageFont.load_default(size=round(top * 0.7))  # Pillow's scalable font, evenly kerned
+    figure = Image.new("RGB", (tile * len(panels), top + sr.height + zoom[1]), "white")
     draw = ImageDraw.Draw(figure)
     for i, (name, panel) in enumerate(panels.items()):
-        figure.paste(panel, (i * tile, 20))
-        figure.paste(panel.crop(box).resize(zoom, Image.Resampling.NEAREST), (i * tile, 20 + sr.height))
-        draw.text((i * tile + 4, 4), name, fill="black")
-        draw.rectangle([i * tile + box[0], 20 + box[1], i * tile + box[2], 20 + box[3]], outline="yellow")
+        figure.paste(panel, (i * tile, top))
+        figure.paste(panel.crop(box).resize(zoom, Image.Resampling.NEAREST), (i * tile, top + sr.height))
+        draw.text((i * tile + top // 4, top // 8), name, fill="black", font=font)
+        draw.rectangle([i * tile + box[0], top + box[1], i * tile + box[2], top + box[3]], outline="yellow",
+                       width=max(1, tile // 400))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.save(args.output)
     print(f"wrote {args.output}")

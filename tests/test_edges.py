@@ -172,3 +172,20 @@ def test_a_network_returning_the_wrong_size_is_named():
     wording = r"model wrong: the network gave 16x16 for a 16x16 input; a x2 model must give 32x32"
     with pytest.raises(OutputError, match=wording):
         medsr.upscale(random_image(16, 16, 1)[..., 0], model=model)
+
+
+def test_demo_figure_labels_grow_with_the_panels(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    PILImage.fromarray(random_image(160, 160, 3)).save(tmp_path / "lr.png")
+    PILImage.fromarray(random_image(640, 640, 3)).save(tmp_path / "sr.png")  # a 4x output's size
+    script = Path(__file__).resolve().parents[1] / "examples" / "make_figure.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "lr.png"), str(tmp_path / "sr.png"),
+                    "--labels", "model", "-o", str(tmp_path / "figure.png")], check=True, capture_output=True)
+    with PILImage.open(tmp_path / "figure.png") as figure:
+        top = figure.height - 2 * 640  # the label band above the panel and its square magnified region
+        band = np.asarray(figure.convert("L"))[:top, :640]
+    rows = np.flatnonzero((band < 128).any(axis=1))
+    assert top >= 32 and rows[-1] - rows[0] >= 14  # text at least 14 px tall on a 640 px panel (was 10)
