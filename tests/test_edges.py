@@ -189,3 +189,75 @@ def test_demo_figure_labels_grow_with_the_panels(tmp_path):
         band = np.asarray(figure.convert("L"))[:top, :640]
     rows = np.flatnonzero((band < 128).any(axis=1))
     assert top >= 32 and rows[-1] - rows[0] >= 14  # text at least 14 px tall on a 640 px panel (was 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files whose pixels were silently wrong
+
+
+def _exif_orientation(value: int) -> bytes:
+    exif = PILImage.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_a_16bit_png_with_exif_orientation_6_is_read_upright(tmp_path):
+    stored = (np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) * 200)  # 20 wide, 12 tall
+    PILImage.fromarray(stored).save(tmp_path / "o6.png", exif=_exif_orientation(6))
+    image = medsr.read_image(tmp_path / "o6.png")
+    # orientation 6: the stored picture is shown turned 90 degrees clockwise (Pillow's exif_transpose)
+    np.testing.assert_array_equal(image.to_array(), np.rot90(stored, -1))
+
+
+def test_a_tiff_with_orientation_6_is_read_upright(tmp_path):
+    import tifffile
+
+    stored = random_image(12, 20, 1, np.uint16)[..., 0]
+    tifffile.imwrite(tmp_path / "o6.tif", stored, extratags=[(274, 3, 1, 6, True)])  # Orientation = 6
+    np.testing.assert_array_equal(medsr.read_image(tmp_path / "o6.tif").to_array(), np.rot90(stored, -1))
+
+
+def test_an_animated_png_is_refused_not_cut_to_its_first_frame(tmp_path):
+    frames = [PILImage.fromarray(random_image(16, 16, 3, seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    with pytest.raises(medsr.ImageError, match=r"anim\.png: an animated PNG of 3 frames"):
+        medsr.read_image(tmp_path / "anim.png")
+
+
+def test_a_cmyk_tiff_read_through_tifffile_becomes_rgb(tmp_path):
+    import tifffile
+
+    cmyk = np.zeros((8, 8, 4), np.uint8)
+    cmyk[..., 1] = 255  # full magenta, no black: red and blue stay, green goes
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    image = medsr.read_image(tmp_path / "cmyk.tif")
+    assert image.alpha is None and image.pixels.shape[0] == 3
+    np.testing.assert_array_equal(image.to_array()[0, 0], [255, 0, 255])
+
+
+def _with_iccp(data: bytes, profile: bytes) -> bytes:
+    """A PNG with an iCCP chunk after its IHDR (PNG spec 11.3.3.3: name, 0, method 0, zlib data)."""
+    import struct
+    import zlib
+
+    body = b"icc\x00\x00" + zlib.compress(profile)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    return data[:33] + chunk + data[33:]  # 8-byte signature + 25-byte IHDR chunk
+
+
+def test_a_16bit_rgb_png_keeps_its_icc_profile(tmp_path):
+    import png
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    stored = random_image(8, 8, 3, np.uint16)
+    with open(tmp_path / "plain.png", "wb") as f:
+        png.Writer(8, 8, greyscale=False, bitdepth=16).write(f, stored.reshape(8, 24))
+    (tmp_path / "in.png").write_bytes(_with_iccp((tmp_path / "plain.png").read_bytes(), profile))
+    with PILImage.open(tmp_path / "in.png") as im:
+        assert im.info["icc_profile"] == profile  # the input is as intended
+    medsr.write_image(tmp_path / "out.png", medsr.upscale(medsr.read_image(tmp_path / "in.png"), model=_identity()))
+    with PILImage.open(tmp_path / "out.png") as written:
+        assert written.info.get("icc_profile") == profile
+    with open(tmp_path / "out.png", "rb") as f:
+        assert png.Reader(file=f).read()[3]["bitdepth"] == 16

@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -45,6 +47,10 @@ def _read_pillow(path: Path, options: ReadOptions) -> Image:
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
             check_pixels(path, im.width, im.height, options.max_pixels)
+            if getattr(im, "n_frames", 1) > 1:  # APNG, animated GIF-like files: not one picture
+                kind = "an animated PNG" if im.format == "PNG" else f"a {im.format} file"
+                raise ImageError(f"{path}: {kind} of {im.n_frames} frames; medsr reads single images "
+                                 "(save the frames as separate files, or as a multi-page TIFF)")
             tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0  # the transposed copy has no format
             im = ImageOps.exif_transpose(im)  # as viewers show it; the output is written upright, untagged
             meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
@@ -98,6 +104,24 @@ def _cmyk_to_rgb(im: PILImage.Image) -> PILImage.Image:
     return im.convert("RGB")  # no usable CMYK profile: Pillow's formula
 
 
+# EXIF/TIFF Orientation (1-8) -> the array as viewers show it (Pillow's exif_transpose, in NumPy)
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180 degrees
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),  # transposed
+    6: lambda a: np.rot90(a, -1),  # turned 90 degrees clockwise
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # transversed
+    8: lambda a: np.rot90(a, 1),  # turned 90 degrees counter-clockwise
+}
+
+
+def upright(array: np.ndarray, orientation: int | None) -> np.ndarray:
+    """(H, W[, C]) turned as its Orientation tag says viewers show it (1 or None: as stored)."""
+    turn = _UPRIGHT.get(int(orientation or 1))
+    return np.ascontiguousarray(turn(array)) if turn else array
+
+
 def _png_bit_depth(path: Path) -> int:
     """Bit depth from the PNG header (IHDR byte 24): Pillow hides 16-bit colour."""
     with open(path, "rb") as f:
@@ -119,14 +143,17 @@ def _read_png(path: Path, options: ReadOptions) -> Image:
     if reader.sbit:
         bits = max(reader.sbit[: 3 if reader.planes >= 3 else 1])
         declared = (2**bits - 1, f"PNG sBIT: {bits} significant bits")
-    if reader.planes == 1:  # Pillow decodes 16-bit gray exactly, and far faster than pypng
-        with PILImage.open(path) as im:
+    with PILImage.open(path) as im:  # what Pillow reads right at 16 bits: the chunks, and gray pixels
+        orientation = im.getexif().get(0x0112)
+        meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
+        if reader.planes == 1:  # exactly, and far faster than pypng
             array = np.asarray(im).astype(np.uint16)
-    else:  # Pillow reads 16-bit colour as 8-bit.
+    if reader.planes > 1:  # Pillow reads 16-bit colour as 8-bit.
         # read(), not asDirect(): asDirect shifts values down by sBIT, which ruins raw 12-bit data.
         width, height, rows, info = reader.read()
         array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    return Image.from_integers(array, 65535, value_range=options.value_range, declared=declared)
+    return Image.from_integers(upright(array, orientation), 65535, value_range=options.value_range,
+                               declared=declared, meta=meta)
 
 
 def _read_tiff(path: Path, options: ReadOptions) -> Image:
@@ -167,7 +194,23 @@ def _tiff_page(page, path: Path, count: int) -> np.ndarray:
     if page.axes not in ("YX", "YXS", "SYX") or page.samplesperpixel not in (1, 2, 3, 4):
         raise ImageError(f"{where}: TIFF page of shape {page.shape} (axes {page.axes}) is not a 2D gray/RGB(A) image")
     array = page.asarray()
-    return np.moveaxis(array, 0, 2) if page.axes == "SYX" else array  # planar colour to (H, W, C)
+    array = np.moveaxis(array, 0, 2) if page.axes == "SYX" else array  # planar colour to (H, W, C)
+    if page.photometric == tifffile.PHOTOMETRIC.SEPARATED:  # CMYK, not RGB + alpha
+        array = _tiff_cmyk_to_rgb(page, array, where)
+    orientation = page.tags.get("Orientation")
+    return upright(array, orientation.value if orientation is not None else None)
+
+
+def _tiff_cmyk_to_rgb(page, array: np.ndarray, where: str) -> np.ndarray:
+    """A CMYK page as RGB, through its own ICC profile when it has one (as for Pillow's CMYK)."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 4:
+        raise ImageError(f"{where}: CMYK TIFF of {array.dtype} with {array.shape[-1]} samples is unsupported "
+                         "(8-bit CMYK is read); convert it to RGB")
+    im = PILImage.fromarray(array, mode="CMYK")
+    profile = page.tags.get("InterColorProfile")
+    if profile is not None:
+        im.info["icc_profile"] = bytes(profile.value)
+    return np.asarray(_cmyk_to_rgb(im))
 
 
 def _tiff_declared_max(page, container_max: int) -> tuple[int, str] | None:
@@ -371,8 +414,15 @@ def _write_png(path: Path, image: Image) -> None:
     writer = png.Writer(
         width, height, greyscale=planes <= 2, alpha=planes in (2, 4), bitdepth=16
     )
-    with open(path, "wb") as f:
-        writer.write(f, array.reshape(height, width * planes))
+    encoded = io.BytesIO()
+    writer.write(encoded, array.reshape(height, width * planes))
+    data = encoded.getvalue()
+    profile = image.meta.get("icc_profile") if image.stored_channels == 3 else None
+    if profile:  # pypng writes no iCCP chunk: put it after IHDR, where the PNG specification has it
+        body = b"icc\x00\x00" + zlib.compress(profile)
+        chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+        data = data[:33] + chunk + data[33:]  # 8-byte signature, 25-byte IHDR chunk
+    path.write_bytes(data)
 
 
 def _write_tiff(path: Path | tifffile.TiffWriter, image: Image) -> None:
