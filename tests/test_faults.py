@@ -241,7 +241,9 @@ def test_a_file_broken_during_the_run_keeps_the_last_iteration(train_dir, tmp_pa
 
     def failing(path, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:  # a crop of a later iteration (the first ones also fill the pool)
+        # a crop of a later iteration: the first 3 calls decode each training file once at start,
+        # the next ones also fill the pool
+        if calls["n"] == 3 + 7:
             raise data.ImageError(f"{path}: cannot decode (simulated)")
         return real(path, *args, **kwargs)
 
