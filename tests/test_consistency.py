@@ -317,13 +317,26 @@ def test_the_network_sees_the_images_own_range():
     assert seen == [(0.0, 1.0)]
 
 
-@pytest.mark.parametrize("modality, expected", [("CR", "cxr"), ("DX", "cxr"), ("MG", "cxr"), ("CT", "cxr")])
+@pytest.mark.parametrize("modality, expected", [("CR", "cxr"), ("DX", "cxr"), ("MG", "cxr"), ("CT", "ct-fidelity"),
+                                               ("MR", "cxr")])
 def test_auto_chooses_by_dicom_modality_and_says_why(tmp_path, modality, expected):
     make_dicom(tmp_path / "a.dcm", _gray12(), photometric="MONOCHROME2", Modality=modality)
     name, fidelity, why = model_for(read_image(tmp_path / "a.dcm"))
     assert name == expected and f"DICOM Modality {modality}" in why
-    if modality == "CT":
+    if modality == "MR":
         assert fidelity == 1 and "no model is trained on" in why
+
+
+def test_auto_takes_the_ct_model_for_a_volume_in_hounsfield_units():
+    from medsr.upscale import volume_model
+    from medsr.volume import Volume
+
+    ct = Volume(data=np.full((8, 8, 2), -1000, np.int16), affine=np.eye(4))
+    ct.data[2:6, 2:6] = 40  # soft tissue in air
+    mr = Volume(data=np.abs(ct.data), affine=np.eye(4))
+    assert volume_model("auto", volume=ct)[0].name == "ct-fidelity"
+    chosen, why = volume_model("auto", volume=mr)
+    assert chosen.name == "cxr-fidelity" and "no MR model" in why
 
 
 def test_auto_chooses_the_retina_model_for_ophthalmic_photographs(tmp_path):
@@ -343,7 +356,7 @@ def test_an_out_of_domain_choice_runs_with_one_warning(tmp_path, caplog, tiny_pa
 
 
 def test_known_models_declare_their_domain():
-    for name in ("realesrgan-x4plus", "retina", "retina-fidelity", "cxr", "cxr-fidelity"):
+    for name in ("realesrgan-x4plus", "retina", "retina-fidelity", "cxr", "cxr-fidelity", "ct-fidelity"):
         assert medsr.weights.KNOWN_MODELS[name].domain is not None
     assert medsr.weights.KNOWN_MODELS["cxr-fidelity"].domain.mismatch(modality="CR", channels=1, bit_depth=8) is None
 
@@ -359,7 +372,8 @@ def test_pydicom_ct_and_mr_with_default_settings(tmp_path, name, capsys):
     assert main(["upscale", path, "-o", str(tmp_path / "out.dcm")]) == 0
     original, out = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "out.dcm")
     assert_within(averaged_back(original.pixel_array, out.pixel_array))
-    assert "no model is trained on DICOM Modality" in capsys.readouterr().out
+    expected = "auto: DICOM Modality CT" if name == "CT_small.dcm" else "no model is trained on DICOM Modality MR"
+    assert expected in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -345,3 +345,22 @@ def test_training_samples_slices_of_volumes_and_resumes_exactly(tmp_path):
     rest = finetune(tiny_config(data, *extra), tmp_path / "b", resume=True)
     assert straight[2:] == rest
     assert checkpoint.load(tmp_path / "b" / "latest.pth")["data"]["files"][0] == "ct.nii.gz#0"
+
+
+@pytest.mark.slow
+def test_the_shipped_ct_model_still_beats_bicubic_on_the_validation_block(tmp_path):
+    """A guard: a worse ct-fidelity cannot replace this one unnoticed. Reference: its card's evaluation
+    (docs/models/ct-fidelity.md) gave +0.71 dB over bicubic on 8 slices of the same block (slices
+    40-59 of the shared thorax CT, never trained on); two of them here, with a margin of 0.4 dB."""
+    from medsr import evaluate as ev
+
+    volume = read_volume(shared_image("volumes/ct/thorax-BigBore_z040-099.nii.gz"))
+    affine = volume.affine.copy()
+    affine[:3, 3] += 40 * volume.affine[:3, 2]
+    write_volume(tmp_path / "val.nii.gz", replace(volume, data=np.ascontiguousarray(volume.data[:, :, 40:60]),
+                                                  affine=affine))
+    samples = ev.find_slices(tmp_path, per_volume=2)
+    models = ev.build_models(["bicubic", "ct-fidelity"], tile=None, device="cpu")
+    results = list(ev.evaluate(samples, models, ev.Options(protocol=ev.PROTOCOLS["volume-x2"])))
+    gain = np.mean([r.rows["ct-fidelity"]["psnr"] - r.rows["bicubic"]["psnr"] for r in results])
+    assert gain > 0.71 - 0.4, gain

@@ -292,7 +292,7 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
     """One NIfTI file: read, upscale slice by slice, write checked; the result or the error."""
     try:
         volume = read_volume(source)
-        chosen, why = volume_model(model, fidelity)
+        chosen, why = volume_model(model, fidelity, volume)
         out = upscale(volume, model=chosen, axis=axis, **settings,
                       progress=(lambda done, total: progress(source, done, total)) if progress else None)
         write_volume(target, out, overwrite=overwrite)

@@ -39,8 +39,9 @@ FUNDUS_MODALITIES = ("OP", "XC")  # ophthalmic and external-camera photography
 def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float | None = None
               ) -> tuple[str | Path, float | None, str]:
     """(model, fidelity, why) to load: ``model`` itself, or for "auto" the medical model for the
-    image: by its DICOM Modality where it has one (CR/DX/MG: ``cxr``; OP/XC: ``retina``; others,
-    CT and MR among them, have no model of their own yet: the gray or colour one, at fidelity 1),
+    image: by its DICOM Modality where it has one (CR/DX/MG: ``cxr``; OP/XC: ``retina``; CT:
+    ``ct-fidelity``; others, MR among them, have no model of their own yet: the gray or colour one,
+    at fidelity 1),
     else ``cxr`` for gray images and ``retina`` for colour; at ``fidelity``, by default
     ``DEFAULT_FIDELITY``."""
     if str(model) != "auto":
@@ -51,6 +52,8 @@ def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float |
         return "cxr", fidelity, f"auto: DICOM Modality {image.modality}"
     if image.modality in FUNDUS_MODALITIES:
         return "retina", fidelity, f"auto: DICOM Modality {image.modality}"
+    if image.modality == "CT" and image.is_gray:
+        return "ct-fidelity", None, "auto: DICOM Modality CT"
     if image.modality is not None:
         return kind, 1.0, (f"auto: no model is trained on DICOM Modality {image.modality}; the "
                            f"{'gray' if image.is_gray else 'colour'} fidelity model, with the consistency projection")
@@ -234,20 +237,26 @@ def upscale(
     return out
 
 
-def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity: float | None = None
-                 ) -> tuple[SRModel, str]:
-    """The model for a volume, and why: ``model`` itself, or for "auto" the gray fidelity model
-    (no model here is trained on MR or CT yet)."""
+HOUNSFIELD_AIR = -500  # a volume with values below this is taken for CT in HU (air is -1000, water 0)
+
+
+def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity: float | None = None,
+                 volume: Volume | None = None) -> tuple[SRModel, str]:
+    """The model for a volume, and why: ``model`` itself, or for "auto" ``ct-fidelity`` when the
+    volume's values reach below -500 (CT in HU: air is -1000), else the gray fidelity model (no MR
+    model is shipped yet)."""
     if isinstance(model, SRModel | torch.nn.Module):
         return as_model(model), "as asked"
     if str(model) != "auto":
         return load_model(model, fidelity=fidelity), "as asked"
-    return load_model("cxr", fidelity=1.0), "auto: a volume; no model is trained on MR or CT yet: the gray fidelity one"
+    if volume is not None and volume.values.min() < HOUNSFIELD_AIR:
+        return load_model("ct-fidelity"), f"auto: a volume with values below {HOUNSFIELD_AIR} (CT in HU)"
+    return load_model("cxr", fidelity=1.0), "auto: a volume; no MR model is shipped yet: the gray fidelity one"
 
 
 def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,
                     progress: Callable[[int, int], None] | None, options: dict) -> Volume:
-    chosen, why = volume_model(model, fidelity)
+    chosen, why = volume_model(model, fidelity, volume)
     log.info("%s: model %s (%s)", volume.source, chosen.name, why)
     return upscale_volume(volume, lambda image, stack_range: upscale(image, model=chosen, stack_range=stack_range,
                                                                      **options), axis=axis, progress=progress)

@@ -59,6 +59,8 @@ PHOTOGRAPHS = Domain(description="8-bit colour photographs of everyday scenes (R
 FUNDUS = Domain(description="8-bit colour fundus photographs (STARE, HRF)", modalities=("OP", "XC"), channels=(3,))
 CHEST_XRAY = Domain(description="8-bit gray chest X-rays (NIH ChestX-ray14)", modalities=("CR", "DX"),
                     channels=(1,))
+CT = Domain(description="CT slices in HU, 12 bits in 16 (a thorax CT volume)", modalities=("CT",), channels=(1,),
+            bit_depths=(16,))
 
 
 KNOWN_MODELS: dict[str, ModelSpec] = {
@@ -104,6 +106,15 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         packaged="cxr-fidelity.safetensors",
         sha256="49c0576458d0a9900497b95547e603e0ab442ae8147838d3fccb0b4b099af736",
         domain=CHEST_XRAY,
+    ),
+    "ct-fidelity": ModelSpec(
+        name="ct-fidelity",
+        preset="x4plus",
+        description="medsr CT fidelity model: cxr-fidelity fine-tuned on CT slices with the pixel loss only "
+                    "(docs/models/ct-fidelity.md), x4",
+        packaged="ct-fidelity.safetensors",
+        sha256="5a0b50b0a5bcfbbd293927f0ccd1bacb24da2b58cc4eab21ced2f1d9f820884f",
+        domain=CT,
     ),
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
