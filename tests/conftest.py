@@ -53,6 +53,16 @@ def x4plus(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
         return weights.load_model("realesrgan-x4plus")
 
 
+def image_folder(folder: Path, count: int, size: int) -> Path:
+    """``folder`` made with ``count`` smooth random RGB PNGs of ``size`` x ``size``, named 0.png, 1.png, ..."""
+    from PIL import Image as PILImage
+
+    folder.mkdir()
+    for i in range(count):
+        PILImage.fromarray(random_image(size, size, 3, seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
 def free_port() -> str:
     """A TCP port no one listens on now, for a torchrun rendezvous (fixed ports collide between runs)."""
     import socket

@@ -12,16 +12,12 @@ import medsr
 from medsr.cli import main
 from medsr.evaluate import PROTOCOLS, with_blur
 
-from .conftest import random_image
+from .conftest import image_folder, random_image
 
 
 @pytest.fixture
 def one_image(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        PILImage.fromarray(random_image(520, 520, 3, seed=i)).save(data / f"{i}.png")
-    return data
+    return image_folder(tmp_path / "data", 2, 520)
 
 
 @pytest.mark.parametrize("tile", [-5, 2.5, True, "64"])

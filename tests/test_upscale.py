@@ -7,7 +7,7 @@ import medsr
 from medsr.cli import main
 from medsr.io import read_image
 
-from .conftest import free_port, random_image
+from .conftest import free_port, image_folder, random_image
 
 
 @pytest.fixture
@@ -168,11 +168,7 @@ def test_demo_figure_script(tmp_path, tiny_net):
 
 
 def _shard_folder(tmp_path):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(5):
-        PILImage.fromarray(random_image(8, 8, 3, seed=i)).save(src / f"{i}.png")
-    return src
+    return image_folder(tmp_path / "in", 5, 8)
 
 
 def test_shards_split_a_folder_and_together_cover_it(tmp_path, tiny_model, capsys, monkeypatch):
