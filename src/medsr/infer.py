@@ -147,7 +147,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def pick_precision(precision: str, device: torch.device, model: SRModel | None = None) -> torch.dtype:
     """By default: bf16 on a CPU with native bf16 (AVX512-BF16 or AMX; the network cast, its head in
-    fp32: 1.8-1.9x faster than fp32, outputs within 0.26 levels of 255 on average, docs/BENCHMARKS.md),
+    fp32: 1.75-1.89x faster than fp32, outputs within 0.26 levels of 255 on average, docs/BENCHMARKS.md),
     else fp32 on CPU; bf16 (or fp16 where bf16 is missing) on CUDA; each where the model runs in it."""
     runs_in = model.precisions if model is not None else tuple(PRECISIONS)
     if precision == "auto":
