@@ -257,3 +257,16 @@ def test_a_16bit_rgb_png_keeps_its_icc_profile(tmp_path):
         assert written.info.get("icc_profile") == profile
     with open(tmp_path / "out.png", "rb") as f:
         assert png.Reader(file=f).read()[3]["bitdepth"] == 16
+
+
+def test_anonymised_files_without_a_series_uid_are_not_merged_into_one_series(tmp_path):
+    from .test_dicom import make_dicom
+
+    uids = set()
+    for name in ("a", "b"):
+        make_dicom(tmp_path / f"{name}.dcm", random_image(8, 8, 1, np.uint16)[..., 0] >> 4, photometric="MONOCHROME2",
+                   SeriesInstanceUID="")
+        sr = medsr.upscale(medsr.read_image(tmp_path / f"{name}.dcm"), model=_identity())
+        medsr.write_image(tmp_path / f"{name}_out.dcm", sr)
+        uids.add(pydicom.dcmread(tmp_path / f"{name}_out.dcm").SeriesInstanceUID)
+    assert len(uids) == 2

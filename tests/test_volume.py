@@ -364,3 +364,12 @@ def test_the_shipped_ct_model_still_beats_bicubic_on_the_validation_block(tmp_pa
     results = list(ev.evaluate(samples, models, ev.Options(protocol=ev.PROTOCOLS["volume-x2"])))
     gain = np.mean([r.rows["ct-fidelity"]["psnr"] - r.rows["bicubic"]["psnr"] for r in results])
     assert gain > 0.71 - 0.4, gain
+
+
+def test_a_scaled_float_volume_keeps_its_datatype(tmp_path):
+    data = smooth_volume((8, 8, 2), dtype=np.float32, low=0, high=10)
+    path = save_nifti(tmp_path / "f.nii.gz", data, np.diag([1, 1, 3, 1.0]), slope=2.0, inter=-5.0)
+    volume = read_volume(path)
+    assert volume.data.dtype == np.float32  # nibabel hands scaled floats over as float64
+    write_volume(tmp_path / "o.nii.gz", medsr.upscale(volume, model=nearest()))
+    assert nibabel.load(tmp_path / "o.nii.gz").get_data_dtype() == np.float32

@@ -206,7 +206,7 @@ def upscale_files(
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
     loaded: dict[tuple[str, float | None], SRModel] = {}
-    series = series_ranges([s for s, t in plan.pairs if not (t.exists() and not overwrite)], options)
+    series = series_ranges([source for source, _ in plan.pairs], options)  # whole series, also when resumed
     settings = dict(outscale=outscale, tile=tile, device=device, precision=precision, consistency=consistency,
                     allow_inconsistent=allow_inconsistent)
     for source, target in plan.pairs:
@@ -214,6 +214,9 @@ def upscale_files(
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
             continue
         if is_nifti(source):
+            if options.window is not None:
+                yield FileResult(source=source, error=f"{source}: a window applies to DICOM files only")
+                continue
             yield _volume_file(source, target, model, fidelity, axis, overwrite, progress, settings)
             continue
         try:

@@ -285,7 +285,8 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
         ds.SourceImageSequence = [reference]
     description = _derivation(image, scale_y, scale_x)
-    series = str(source.get("SeriesInstanceUID", source.get("SOPInstanceUID", "")))
+    # an anonymiser may empty the UIDs: then each file is its own series, never merged with strangers
+    series = str(source.get("SeriesInstanceUID") or source.get("SOPInstanceUID") or generate_uid())
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
     ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", []))[2:]]
     earlier = str(source.get("DerivationDescription", "") or "")  # what was done before is kept

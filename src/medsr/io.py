@@ -47,7 +47,8 @@ def _read_pillow(path: Path, options: ReadOptions) -> Image:
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
             check_pixels(path, im.width, im.height, options.max_pixels)
-            if getattr(im, "n_frames", 1) > 1:  # APNG, animated GIF-like files: not one picture
+            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # APNG and the like: not one picture
+                # (MPO: a camera JPEG with extra images in its index; the first is the photograph)
                 kind = "an animated PNG" if im.format == "PNG" else f"a {im.format} file"
                 raise ImageError(f"{path}: {kind} of {im.n_frames} frames; medsr reads single images "
                                  "(save the frames as separate files, or as a multi-page TIFF)")

@@ -55,7 +55,7 @@ def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float |
     if image.modality == "CT" and image.is_gray:
         return "ct-fidelity", None, "auto: DICOM Modality CT"
     if image.modality is not None:
-        return kind, 1.0, (f"auto: no model is trained on DICOM Modality {image.modality}; the "
+        return kind, fidelity, (f"auto: no model is trained on DICOM Modality {image.modality}; the "
                            f"{'gray' if image.is_gray else 'colour'} fidelity model, with the consistency projection")
     return kind, fidelity, f"auto: a {'gray' if image.is_gray else 'colour'} image"
 
@@ -87,7 +87,7 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
     network_out = height * scale * width * scale * channels * 4
     final = out_size[0] * out_size[1] * channels * 4
     tiles = infer.activation_bytes(height, width, infer.memory_budget(device)) if device.type == "cpu" else 0
-    need = 2 * network_out + 8 * final + tiles  # the projection holds float64 copies of the result
+    need = 2 * network_out + 20 * final + tiles  # the projection: ~65 bytes per output value (float64 copies, sorts)
     if need > available:
         raise ImageError(f"{source}: x{out_size[0] / height:g} of {width}x{height} needs about "
                          f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available now; "

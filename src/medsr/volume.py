@@ -88,7 +88,9 @@ def read_volume(path: str | Path) -> Volume:
         proxy = image.dataobj
         floating = np.issubdtype(image.get_data_dtype(), np.floating)
         # Integers keep their stored values and scaling; floats (and scaled floats) are read as values.
-        data = np.asarray(proxy) if floating else np.asarray(proxy.get_unscaled())
+        # (scaled floats come back as float64: cast to the file's own type, which the output keeps)
+        data = np.asarray(proxy).astype(image.get_data_dtype(), copy=False) if floating \
+            else np.asarray(proxy.get_unscaled())
         slope, inter = (1.0, 0.0) if floating else (float(proxy.slope), float(proxy.inter))
     except Exception as exc:  # nibabel raises many types for damaged files
         raise ImageError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
@@ -185,6 +187,7 @@ def slice_images(volume: Volume, axis: int) -> tuple[list[Image], tuple[float, f
     for index in range(flat.shape[2]):
         pixels = ((flat[:, :, index].astype(np.float64) - low) / span).astype(np.float32)[None]
         images.append(Image(pixels=pixels, levels=span if integer else None, continuous=not integer,
+                            max_value=255 if data.dtype.itemsize == 1 else 65535,  # its bit depth, for messages
                             source=f"{volume.source} slice {index}", range_reason="the volume's min..max"))
     return images, (low, span)
 
