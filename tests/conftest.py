@@ -63,15 +63,6 @@ def image_folder(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-def free_port() -> str:
-    """A TCP port no one listens on now, for a torchrun rendezvous (fixed ports collide between runs)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 def shared_image(relative: str) -> Path:
     path = SHARED_DATA / relative
     if not path.exists():

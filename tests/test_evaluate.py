@@ -9,7 +9,7 @@ from medsr.cli import main
 from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_any
 from medsr.image import Image
 
-from .conftest import free_port, random_image, shared_image
+from .conftest import random_image, shared_image
 
 
 @pytest.mark.parametrize("name, lr, gt", [("retina-x2", 256, 512), ("cxr-x4", 256, 1024)])
@@ -176,7 +176,7 @@ def test_torchrun_evaluate_with_two_processes_equals_one(tmp_path, tiny_net):
               "--precision", "fp32", "--tile", "0"]  # as this process runs, whatever the CPU and its free memory
     assert main([*common, "-o", str(tmp_path / "one")]) == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
             "-m", "medsr.cli", *common, "-o", str(tmp_path / "two")]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # rank 0 counts the failure of rank 1

@@ -19,7 +19,7 @@ from medsr import checkpoint, infer
 from medsr.infer import upscale_tensor
 from medsr.train import build, finetune, train_step
 
-from .conftest import free_port, shared_image
+from .conftest import shared_image
 from .test_train import TINY, tiny, train_dir  # noqa: F401 (a fixture)
 
 DEVICE = os.environ.get("MEDSR_TEST_DEVICE", "cuda")
@@ -97,7 +97,7 @@ def test_resume_on_the_device(train_dir, tmp_path):  # noqa: F811
 
 @needs_cuda
 def test_torchrun_with_nccl_at_one_process(train_dir, tmp_path):  # noqa: F811
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", free_port(),
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone",
             "-m", "medsr.cli", "finetune", "-o", str(tmp_path / "ddp"), "--data", str(train_dir),
             *sum((["--set", s] for s in (*TINY, "run.device=cuda")), [])]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)

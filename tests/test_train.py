@@ -17,7 +17,7 @@ from medsr.nets.vgg import VGG19Features
 from medsr.train import build, finetune, train_step
 from medsr.weights import WeightsError
 
-from .conftest import free_port, random_image
+from .conftest import random_image
 
 TINY = ("model.preset=tiny", "model.init_g=scratch", "model.d_warmup_iters=1", "loss.perceptual_weight=0",
         "data.batch_size=2", "data.pool_size=4", "data.gt_size=32", "run.iterations=4", "run.log_every=1",
@@ -160,7 +160,7 @@ def test_prepare_multiscale_and_crops(train_dir, tmp_path, capsys):
 def test_two_cpu_processes_with_gloo(train_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
             "-m", "medsr.cli", "finetune", "-o", str(run_dir), "--data", str(train_dir),
             *sum((["--set", s] for s in TINY), [])]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import medsr
 from medsr.cli import main
 from medsr.io import read_image
 
-from .conftest import free_port, image_folder, random_image
+from .conftest import image_folder, random_image
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_torchrun_with_two_processes_equals_one(tmp_path, tiny_model):
     src = _shard_folder(tmp_path)
     assert main(["upscale", str(src), "-o", str(tmp_path / "one"), "--model", tiny_model]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
             "-m", "medsr.cli", "upscale", str(src), "-o", str(tmp_path / "two"), "--model", tiny_model,
             "--precision", "fp32"]  # as this process runs (conftest), whatever the CPU
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

@@ -303,13 +303,12 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
         raise
     except (ImageError, ValueError, RuntimeError) as exc:
         return _failed(source, target, exc)
-    values = volume.values
     ran_in = infer.precision_name(infer.pick_precision(settings["precision"], infer.pick_device(settings["device"]),
                                                        chosen))
     return FileResult(source=source, target=target, model=chosen.name, scale=settings["outscale"] or chosen.scale,
                       precision=ran_in, why=why,
-                      values=f"volume {volume.data.dtype} {volume.orientation}, values {values.min():g}.."
-                             f"{values.max():g} (the volume's min..max)",
+                      values=f"volume {volume.data.dtype} {volume.orientation}, values "
+                             "{:g}..{:g} (the volume's min..max)".format(*volume.value_range),
                       frames=int(np.prod(volume.data.shape[2:])), consistency=out.consistency)
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -221,10 +222,9 @@ def _dicom_outlook(path: Path) -> list[tuple[str, str]]:
     from medsr.upscale import model_for
 
     frames = read_frames(path)
-    low, high = content_range([frame.pixels for frame in frames])
-    mapping = frames[0].meta["dicom_range"]
-    stored = sorted(round(float(v) * (mapping.high - mapping.low) + mapping.low) for v in  # whole levels
-                    ((1 - low, 1 - high) if mapping.invert else (low, high)))
+    meta = frames[0].meta
+    extremes = np.array(content_range([frame.pixels for frame in frames]))
+    stored = sorted(meta["dicom_range"].to_stored(extremes, np.dtype(meta["dicom_dtype"]), meta["dicom_bits"]))
     name, fidelity, why = model_for(frames[0])
     model = f"{name}-fidelity" if fidelity == 1 else name if fidelity in (0, None) else f"{name}@{fidelity:g}"
     return [("stored values", f"{stored[0]:g}..{stored[1]:g} (the network sees this range)"),

@@ -14,7 +14,7 @@ import torch
 from medsr.image import Image
 from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
 from medsr.upscale import resize_lanczos
-from medsr.volume import read_volume, training_slices
+from medsr.volume import read_volume, reading_axis, training_slices
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def volume_slice_size(path: Path) -> tuple[int, int, int]:
         raise ImageError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {exc})") from None
     if len(shape) not in (3, 4):
         raise ImageError(f"{path}: {len(shape)} dimensions; training takes 3D and 4D volumes")
-    axis = int(np.argmax(zooms)) if max(zooms) > sorted(zooms)[1] * 1.01 else 2
+    axis = reading_axis(zooms)
     inplane = [shape[a] for a in range(3) if a != axis]
     return inplane[0], inplane[1], int(np.prod(shape)) // (inplane[0] * inplane[1])
 

@@ -9,6 +9,7 @@ metrics of docs/METRICS.md compare each result with GT in the source's own integ
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from medsr.infer import OutputError
 from medsr.io import image_files, is_nifti, read_image, reader_for
 from medsr.kernels import gaussian_blur
 from medsr.upscale import resize_lanczos, upscale
-from medsr.volume import read_volume, slice_axis
+from medsr.volume import read_volume, reading_axis, slice_axis
 from medsr.weights import load_model
 
 
@@ -70,10 +71,7 @@ def find_slices(folder: str | Path, *, per_volume: int = 8, axis: int | None = N
     samples = []
     for path in (p for p in paths if is_nifti(p)):
         volume = read_volume(path)
-        try:
-            chosen = slice_axis(volume, axis)
-        except ValueError:  # isotropic: the volume's third axis, as a reader of axial slices expects
-            chosen = 2
+        chosen = reading_axis(volume.spacing) if axis is None else slice_axis(volume, axis)
         data = np.moveaxis(volume.data, chosen, 2)
         useful = [k for k in range(data.shape[2]) if np.ptp(data[:, :, k]) > 0]
         picked = [useful[int(i)] for i in np.linspace(0, len(useful) - 1, min(per_volume, len(useful)))]
@@ -312,17 +310,13 @@ def evaluate_slice(sample: Sample, models: list[Model], options: Options,
     signal of a detector of s times the pixel pitch), both in [0, 1] over the volume's min..max
     (the mapping ``medsr.upscale`` uses for volumes). PSNR and SSIM over the volume's 0.5..99.5th
     percentile range (``VOLUME_PERCENTILES``), the mean absolute error in the volume's units."""
-    volume = read_volume(sample.image)
-    values = np.moveaxis(volume.values, sample.axis, 2)
+    values, (low, high), data_range = _volume_of(sample.image, sample.axis)
     plane = values[..., sample.slice] if values.ndim == 3 else values[..., sample.slice, 0]
     s = options.protocol.scale
     plane = plane[: plane.shape[0] // s * s, : plane.shape[1] // s * s]
-    low, high = float(values.min()), float(values.max())
     span = high - low if high > low else 1.0
     gt = ((plane - low) / span).astype(np.float32)[None]
     lr = average_back(gt, (gt.shape[1] // s, gt.shape[2] // s)).astype(np.float32)
-    robust = np.percentile(values, VOLUME_PERCENTILES)
-    data_range = float(robust[1] - robust[0]) or span
     outputs, rows = {}, {}
     for model in models:
         if on_step:
@@ -338,6 +332,16 @@ def evaluate_slice(sample: Sample, models: list[Model], options: Options,
             bands = metrics.band_detail(outputs[name][0], gt[0])
             rows[name]["hf_kept"], rows[name]["hf_invented"] = bands[-1]["kept"], bands[-1]["invented"]
     return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)
+
+
+@functools.lru_cache(maxsize=1)  # the slices of one volume come one after another: read it once
+def _volume_of(path: Path, axis: int) -> tuple[np.ndarray, tuple[float, float], float]:
+    """A volume's values with ``axis`` moved last, their (min, max), and the span of its
+    ``VOLUME_PERCENTILES`` (the metrics' data range; the full span for a volume of one value)."""
+    values = np.moveaxis(read_volume(path).values, axis, 2)
+    robust = np.percentile(values, VOLUME_PERCENTILES)
+    low, high = float(values.min()), float(values.max())
+    return values, (low, high), float(robust[1] - robust[0]) or (high - low) or 1.0
 
 
 def evaluate_sample(sample: Sample, models: list[Model], options: Options,

@@ -249,7 +249,7 @@ def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity
         return as_model(model), "as asked"
     if str(model) != "auto":
         return load_model(model, fidelity=fidelity), "as asked"
-    if volume is not None and volume.values.min() < HOUNSFIELD_AIR:
+    if volume is not None and volume.value_range[0] < HOUNSFIELD_AIR:
         return load_model("ct-fidelity"), f"auto: a volume with values below {HOUNSFIELD_AIR} (CT in HU)"
     return load_model("cxr", fidelity=1.0), "auto: a volume; no MR model is shipped yet: the gray fidelity one"
 

@@ -64,6 +64,12 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     @property
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) of the values, from the stored extremes (no full-size copy)."""
+        ends = sorted(float(v) * self.slope + self.inter for v in (self.data.min(), self.data.max()))
+        return ends[0], ends[1]
+
+    @property
     def values(self) -> np.ndarray:
         """The values the stored data mean (float64)."""
         return self.data.astype(np.float64) * self.slope + self.inter
@@ -142,31 +148,40 @@ def _write_nifti(path: Path, volume: Volume) -> None:
     image.to_filename(str(path))
 
 
+def largest_spacing_axis(spacing: tuple[float, ...]) -> int | None:
+    """The axis (0, 1, 2) whose voxel spacing is the largest by more than 1% (the acquisition's slice
+    direction of most clinical MR and CT), or None for an isotropic volume."""
+    largest = int(np.argmax(spacing[:3]))
+    others = [s for i, s in enumerate(spacing[:3]) if i != largest]
+    return largest if spacing[largest] > max(others) * ISOTROPIC else None
+
+
 def slice_axis(volume: Volume, axis: int | None = None) -> int:
-    """The axis slices are taken across: ``axis`` (0, 1, 2 for i, j, k), or the one with the largest
-    voxel spacing (the acquisition's slice direction of most clinical MR and CT)."""
+    """The axis slices are taken across: ``axis`` (0, 1, 2 for i, j, k), or the largest spacing's."""
     if axis is not None:
         if axis not in (0, 1, 2):
             raise ValueError(f"axis {axis}: give 0, 1 or 2 (i, j or k)")
         return axis
-    spacing = volume.spacing
-    largest = int(np.argmax(spacing))
-    others = [s for i, s in enumerate(spacing) if i != largest]
-    if spacing[largest] <= max(others) * ISOTROPIC:
-        raise ValueError(f"{volume.source}: voxel spacing {' x '.join(f'{s:g}' for s in spacing)} mm has no "
-                         "largest axis to take as the slice axis; choose one with axis (0, 1 or 2)")
+    largest = largest_spacing_axis(volume.spacing)
+    if largest is None:
+        raise ValueError(f"{volume.source}: voxel spacing {' x '.join(f'{s:g}' for s in volume.spacing)} mm has "
+                         "no largest axis to take as the slice axis; choose one with axis (0, 1 or 2)")
     return largest
 
 
+def reading_axis(spacing: tuple[float, ...]) -> int:
+    """Where no one chooses (training, evaluation): the largest spacing's axis, or for an isotropic
+    volume k, the axial slices a reader expects."""
+    largest = largest_spacing_axis(spacing)
+    return 2 if largest is None else largest
+
+
 def training_slices(path: str | Path) -> tuple[np.ndarray, int]:
-    """A volume for training: its slices across the slice axis (isotropic volumes: k) as float32
-    (H, W, N) in [0, 1] over the volume's min..max (the mapping ``upscale`` uses), and the axis.
-    4D volumes give every time point's slices."""
+    """A volume for training: its slices across ``reading_axis`` as float32 (H, W, N) in [0, 1]
+    over the volume's min..max (the mapping ``upscale`` uses), and the axis. 4D volumes give every
+    time point's slices."""
     volume = read_volume(path)
-    try:
-        axis = slice_axis(volume)
-    except ValueError:
-        axis = 2
+    axis = reading_axis(volume.spacing)
     data = np.moveaxis(volume.data, axis, 2)
     data = data.reshape(*data.shape[:2], -1).astype(np.float32)
     low, high = float(data.min()), float(data.max())
@@ -241,11 +256,8 @@ def describe(path: str | Path) -> list[tuple[str, str]]:
     volume = read_volume(path)
     header = volume.header
     units = header.get_xyzt_units() if header is not None else ("unknown", "unknown")
-    values = volume.values
-    try:
-        axis = f"{'ijk'[slice_axis(volume)]} (largest spacing)"
-    except ValueError:
-        axis = "none: isotropic, choose one with --axis"
+    largest = largest_spacing_axis(volume.spacing)
+    axis = "none: isotropic, choose one with --axis" if largest is None else f"{'ijk'[largest]} (largest spacing)"
     return [
         ("format", f"NIfTI-{2 if type(header).__name__ == 'Nifti2Header' else 1}"),
         ("shape", " x ".join(str(n) for n in volume.data.shape)),
@@ -253,7 +265,7 @@ def describe(path: str | Path) -> list[tuple[str, str]]:
         ("orientation", volume.orientation),
         ("datatype", f"{volume.data.dtype}" + (f", scl_slope {volume.slope:g}, scl_inter {volume.inter:g}"
                                               if (volume.slope, volume.inter) != (1.0, 0.0) else "")),
-        ("value range", f"{values.min():g}..{values.max():g}"),
+        ("value range", "{:g}..{:g}".format(*volume.value_range)),
         ("qform, sform codes", f"{int(header['qform_code'])}, {int(header['sform_code'])}" if header is not None
          else "-"),
         ("slice axis", axis),
