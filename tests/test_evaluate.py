@@ -227,3 +227,52 @@ def test_evaluate_says_what_runs(tmp_path):
     list(ev.evaluate(ev.find_samples(tmp_path), models, ev.Options(protocol=PROTOCOLS["retina-x2"]),
                      on_step=steps.append))
     assert steps == ["a: bicubic", "a: lanczos"]
+
+
+def _wrong_outside(mask_rows: slice):
+    """A model: bicubic, with the rows ``mask_rows`` of its output inverted."""
+    from medsr.evaluate import resize_bicubic
+
+    def run(lr, size):
+        out = resize_bicubic(lr, *size)
+        out[:, mask_rows] = 1 - out[:, mask_rows]
+        return out
+    return run
+
+
+def test_chest_metrics_inside_the_anatomy_ignore_the_border_band(tmp_path):
+    from medsr.evaluate import Model, Options, Sample, evaluate_sample, resize_bicubic
+
+    yy, xx = np.mgrid[:1024, :1024] / 1024
+    chest = (40 + 160 * np.sin(np.pi * yy) * np.sin(np.pi * xx) ** 2).astype(np.uint8)  # smooth, bicubic does well
+    PILImage.fromarray(chest).save(tmp_path / "chest.png")
+    models = [Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)),
+              Model("label-wrong", _wrong_outside(slice(0, 60)))]  # the top 60 rows: where a burned-in label sits
+    rows = evaluate_sample(Sample(name="chest", image=tmp_path / "chest.png"), models,
+                           Options(protocol=PROTOCOLS["cxr-x4"])).rows
+    assert rows["label-wrong"]["psnr"] < rows["bicubic"]["psnr"] - 0.2
+    assert rows["label-wrong"]["psnr_inside"] == rows["bicubic"]["psnr_inside"]
+    assert rows["label-wrong"]["ssim_inside"] == rows["bicubic"]["ssim_inside"]
+
+
+def test_retina_rows_have_the_anatomy_and_thin_vessel_measures(tmp_path):
+    from medsr.evaluate import Model, Options, evaluate_sample, resize_bicubic
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "manual").mkdir()
+    yy, xx = np.mgrid[:600, :600]
+    disc = (yy - 300) ** 2 + (xx - 300) ** 2 < 270**2
+    vessels = (np.abs(yy - 200) < 2) | (np.abs(xx - 320) < 9)  # a thin and a wide vessel
+    fundus = np.zeros((600, 600, 3), np.uint8)
+    fundus[disc] = (180, 90, 40)
+    fundus[disc & vessels] = (120, 40, 20)
+    PILImage.fromarray(fundus).save(tmp_path / "images" / "eye.png")
+    PILImage.fromarray((vessels * 255).astype(np.uint8)).save(tmp_path / "manual" / "eye_1stHO.png")
+    [sample] = find_samples(tmp_path)
+    models = [Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)),
+              Model("corner-wrong", _wrong_outside(slice(0, 20)))]  # outside the disc
+    rows = evaluate_sample(sample, models, Options(protocol=PROTOCOLS["retina-x2"])).rows
+    assert rows["corner-wrong"]["psnr"] < rows["bicubic"]["psnr"]
+    assert rows["corner-wrong"]["psnr_inside"] == rows["bicubic"]["psnr_inside"]
+    assert 0.5 < rows["bicubic"]["thin_vessel_auc"] <= 1
+    assert rows["ground truth"]["thin_vessel_auc"] > 0.9

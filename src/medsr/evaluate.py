@@ -38,6 +38,7 @@ class Protocol:
     blur_sigma: float = 1.0  # Gaussian blur of LR, in LR pixels (0: none)
     blur_size: int = 7
     vessels: bool = False  # fundus vessel fidelity metrics
+    anatomy: str | None = None  # "fundus" or "chest": PSNR and SSIM inside that anatomy mask too
     volume: bool = False  # slices of volumes: GT = the slice, LR = its s x s box mean (see evaluate_slice)
 
     def __post_init__(self) -> None:
@@ -46,8 +47,8 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True),
-    "cxr-x4": Protocol(name="cxr-x4", gt_size=1024, scale=4),
+    "retina-x2": Protocol(name="retina-x2", gt_size=512, scale=2, vessels=True, anatomy="fundus"),
+    "cxr-x4": Protocol(name="cxr-x4", gt_size=1024, scale=4, anatomy="chest"),
     "volume-x2": Protocol(name="volume-x2", gt_size=0, scale=2, blur_sigma=0, volume=True),
 }
 VOLUME_PERCENTILES = (0.5, 99.5)  # volume-x2: PSNR and SSIM over this range of the volume's values
@@ -271,12 +272,27 @@ def _gray(pixels: np.ndarray, vessels: bool) -> np.ndarray:
     return pixels[0]
 
 
+def anatomy_mask(gt: np.ndarray, protocol: Protocol) -> np.ndarray | None:
+    """Where the anatomy is (docs/METRICS.md): the fundus disc 8 pixels in from its rim, or the chest
+    X-ray without its border band; None for protocols without one."""
+    if protocol.anatomy == "fundus":
+        return metrics.field_of_view(gt)
+    if protocol.anatomy == "chest":
+        return metrics.chest_region(gt.shape[1:])
+    return None
+
+
 def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options,
                   gt_vessels: np.ndarray | None, fov: np.ndarray | None, annotation: np.ndarray | None
                   ) -> dict[str, float]:
     sr_q, gt_q = quantize(sr, max_value).astype(np.float64), quantize(gt, max_value).astype(np.float64)
+    convention = options.ssim_convention
     row = {"psnr": metrics.psnr(sr_q, gt_q, data_range=max_value),
-           "ssim": metrics.ssim(sr_q, gt_q, data_range=max_value, convention=options.ssim_convention)}
+           "ssim": metrics.ssim(sr_q, gt_q, data_range=max_value, convention=convention)}
+    inside = anatomy_mask(gt, options.protocol)
+    if inside is not None and inside.any():
+        row["psnr_inside"] = metrics.psnr(sr_q, gt_q, data_range=max_value, mask=inside)
+        row["ssim_inside"] = metrics.ssim(sr_q, gt_q, data_range=max_value, convention=convention, mask=inside)
     bands = metrics.band_detail(_gray(sr, False), _gray(gt, False))
     row["hf_kept"], row["hf_invented"] = bands[-1]["kept"], bands[-1]["invented"]
     row["mf_kept"], row["mf_invented"] = bands[-2]["kept"], bands[-2]["invented"]
@@ -285,6 +301,7 @@ def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Optio
         row["vessel_agreement"] = metrics.vessel_agreement(sr_vessels, gt_vessels, fov)
         if annotation is not None:
             row["vessel_auc"] = metrics.auc(sr_vessels[fov], annotation[fov])
+            row["thin_vessel_auc"] = metrics.thin_vessel_auc(sr_vessels, annotation, fov)
     row["lpips"] = options.lpips(sr, gt) if options.lpips else float("nan")
     return row
 
@@ -364,7 +381,8 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
             outputs[name] = enforce(out, lr) if projected else out
             rows[name] = image_metrics(outputs[name], gt, image.max_value, options, gt_vessels, fov, annotation)
     if annotation is not None:
-        rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov])}
+        rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov]),
+                                "thin_vessel_auc": metrics.thin_vessel_auc(gt_vessels, annotation, fov)}
     return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)
 
 

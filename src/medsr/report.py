@@ -18,8 +18,8 @@ from scipy.ndimage import uniform_filter
 from medsr.evaluate import Result
 from medsr.figures import to_pil
 
-COLUMNS = ("psnr", "ssim", "vessel_agreement", "vessel_auc", "hf_kept", "hf_invented", "mf_kept", "mf_invented",
-           "lpips", "mae")  # mae: volume-x2, in the volume's units
+COLUMNS = ("psnr", "ssim", "psnr_inside", "ssim_inside", "vessel_agreement", "vessel_auc", "thin_vessel_auc",
+           "hf_kept", "hf_invented", "mf_kept", "mf_invented", "lpips", "mae")  # mae: volume-x2, in the volume's units
 PANEL = 256  # pixels per figure panel
 LABEL_HEIGHT = 26  # pixels for the model names above the panels and the error scale below
 ERROR_GAIN = 4  # the error row shows |SR - GT| x 4
@@ -34,7 +34,8 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-PAIRED_COLUMNS = ("psnr", "ssim", "vessel_auc", "hf_invented", "mf_invented", "mae")
+PAIRED_COLUMNS = ("psnr", "ssim", "psnr_inside", "ssim_inside", "vessel_auc", "thin_vessel_auc", "hf_invented",
+                  "mf_invented", "mae")
 
 
 def paired_table(statistics: dict) -> str:
@@ -265,10 +266,14 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
 LEGEND = (
     ("psnr", "peak signal-to-noise ratio against the ground truth, on the source's value range", "higher", "dB"),
     ("ssim", "structural similarity (11x11 Gaussian window unless --ssim skimage)", "higher", "0..1"),
+    ("psnr_inside / ssim_inside", "the same inside the anatomy: the fundus disc 8 px in from its rim (retina), "
+     "the image without a 10% border band (chest X-ray)", "higher", "dB / 0..1"),
     ("vessel_agreement", "correlation of Frangi vesselness maps, SR vs ground truth, in the field of view",
      "higher", "-1..1"),
     ("vessel_auc", "how well SR vesselness separates the manual vessel annotation (ground truth's own AUC "
      "is its ceiling)", "higher", "0..1"),
+    ("thin_vessel_auc", "the same for annotated vessels at most 3 px wide against the background (wider "
+     "vessels left out)", "higher", "0..1"),
     ("hf_kept / mf_kept", "share of the ground truth's high / middle band detail that SR reproduces", "higher",
      "ratio"),
     ("hf_invented / mf_invented", "band energy in SR that the ground truth lacks, relative to its own energy",

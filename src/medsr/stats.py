@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 # Which way is better, per metric (docs/METRICS.md): +1 higher, -1 lower.
-DIRECTIONS = {"psnr": 1, "ssim": 1, "vessel_agreement": 1, "vessel_auc": 1, "hf_kept": 1, "mf_kept": 1,
+DIRECTIONS = {"psnr": 1, "ssim": 1, "psnr_inside": 1, "ssim_inside": 1, "vessel_agreement": 1, "vessel_auc": 1,
+              "thin_vessel_auc": 1, "hf_kept": 1, "mf_kept": 1,
               "hf_invented": -1, "mf_invented": -1, "lpips": -1, "mae": -1}
 RESAMPLES = 2000
 
