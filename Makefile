@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # a driver, the default build. Override either: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126`,
 # `make setup TORCH_INDEX=` (the package index alone), `make setup TORCH=torch`.
 TORCH ?= torch==2.13.0
+TORCHVISION ?= torchvision==0.28.0
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 # The CPU index is probed once (5 s): where it cannot be reached, pip is not sent there to retry for
 # minutes with a warning each time; the package index alone serves (its torch build carries CUDA).
@@ -15,7 +16,7 @@ TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(shell $(PYTHON
 	"import urllib.request as r; r.urlopen('$(CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo $(CPU_INDEX)))
 endif
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast test-zoo demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The foreign-architecture tests (spandrel, medsr[zoo]) in an environment of their own: spandrel needs
+# torchvision built for the installed torch, and the package index's pair (torch + torchvision, CUDA
+# builds, about 5 GB) is the one that is always to be had. Local wheel folders in pip's configuration
+# (a CPU torch) are left out here, so that the pair matches.
+ZOO_VENV ?= .venv-zoo
+
+$(ZOO_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(ZOO_VENV)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" pytest
+	touch $@
+
+test-zoo: $(ZOO_VENV)/.installed
+	$(ZOO_VENV)/bin/python -c "import spandrel"  # fails loudly, never a silent skip
+	$(ZOO_VENV)/bin/python -m pytest -q -m zoo
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -45,4 +61,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_upscale.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(ZOO_VENV) out

@@ -27,7 +27,7 @@ import torch
 from PIL import Image as PILImage
 
 import medsr
-from medsr import infer
+from medsr import devices, infer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -92,7 +92,7 @@ def main() -> int:
     model_name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if "Model name" in line), "?")
     extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
     print(f"CPU: {model_name}, {', '.join(extensions)}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"native bf16: {infer.cpu_has_native_bf16()}")
+          f"native bf16: {devices.cpu_has_native_bf16()}")
     print("\n| input | model | precision | raw: max / mean levels, PSNR | projected: max / mean levels, PSNR "
           "| s per image | x fp32 |")
     print("|---|---|---|---|---|---|---|")

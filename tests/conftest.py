@@ -28,9 +28,9 @@ def _fp32_unless_testing_bf16(request: pytest.FixtureRequest, monkeypatch: pytes
     is tested in tests/test_bf16.py (and subprocesses, which this cannot reach, pass a precision)."""
     if request.module.__name__.endswith("test_bf16"):
         return
-    from medsr import infer
+    from medsr import devices
 
-    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
 
 
 @pytest.fixture
@@ -64,9 +64,14 @@ def image_folder(folder: Path, count: int, size: int) -> Path:
 
 
 def shared_image(relative: str) -> Path:
+    """A file or folder of the shared data; without it the test skips, or fails where the shared data
+    must be present (``MEDSR_REQUIRE_SHARED_DATA=1``, as CI sets it)."""
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"shared data not found: {path} (set MEDSR_SHARED_DATA)")
+        message = f"shared data not found: {path} (set MEDSR_SHARED_DATA)"
+        if os.environ.get("MEDSR_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; MEDSR_REQUIRE_SHARED_DATA=1 requires it")
+        pytest.skip(message)
     return path
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image as PILImage
 
 import medsr
-from medsr import checkpoint, infer
+from medsr import checkpoint, devices, infer
 from medsr.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
 from medsr.train import build, finetune
@@ -18,7 +18,7 @@ from medsr.train import build, finetune
 from .conftest import random_image
 from .test_train import TINY, tiny, train_dir  # noqa: F401 (a fixture)
 
-NATIVE = infer.cpu_has_native_bf16()
+NATIVE = devices.cpu_has_native_bf16()
 needs_native = pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16 (AVX512-BF16 or AMX): "
                                                      "bf16 is emulated here and fp32 stays the default")
 
@@ -67,12 +67,12 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16(tiny_model):
 
 
 def test_auto_precision_is_fp32_without_native_bf16(tiny_model, monkeypatch):
-    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     assert infer.pick_precision("auto", torch.device("cpu"), tiny_model) == torch.float32
 
 
 def test_auto_precision_respects_what_the_model_runs_in(monkeypatch):
-    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     fp32_only = medsr.SRModel(module=torch.nn.Identity(), scale=1, precisions=("fp32",))
     assert infer.pick_precision("auto", torch.device("cpu"), fp32_only) == torch.float32
 

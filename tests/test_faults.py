@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, files
+from medsr import checkpoint, devices, files
 from medsr.cli import main
 from medsr.config import MAX_CONFIG_BYTES, build_config
 from medsr.train import export, finetune
@@ -190,9 +190,8 @@ def test_unknown_device_is_a_usage_error(tmp_path, capsys):
 
 def test_an_image_too_large_for_memory_is_refused_by_name(tmp_path, tiny_net, monkeypatch):
     import medsr
-    from medsr import infer
 
-    monkeypatch.setattr(infer, "available_memory", lambda: 600_000_000)  # 600 MB left
+    monkeypatch.setattr(devices, "available_memory", lambda: 600_000_000)  # 600 MB left
     with pytest.raises(medsr.ImageError, match=r"array: x4 .* needs about .* more than the .* available"):
         medsr.upscale(random_image(400, 400, 3), model=tiny_net)
     assert medsr.upscale(random_image(20, 20, 3), model=tiny_net).shape == (80, 80, 3)

@@ -126,10 +126,10 @@ def test_named_models_are_read_once_and_built_apart(tiny_pair, monkeypatch):
 
 
 def test_cpu_budget_follows_the_available_memory(monkeypatch):
-    from medsr import infer
+    from medsr import devices, infer
 
     for available, expected in ((None, 2 << 30), (2 << 30, 1 << 30), (20 << 30, 5 << 30), (200 << 30, 16 << 30)):
-        monkeypatch.setattr(infer, "available_memory", lambda a=available: a)
+        monkeypatch.setattr(devices, "available_memory", lambda a=available: a)
         assert infer.memory_budget(torch.device("cpu")) == expected
     assert auto_tile(5 << 30) > auto_tile(2 << 30) == 592  # 592: the figure of the 2 GiB budget (BENCHMARKS.md)
 

@@ -5,7 +5,7 @@ import re
 import pytest
 from PIL import Image as PILImage
 
-from medsr import __version__, weights
+from medsr import __version__, devices, weights
 from medsr.cli import build_parser, main
 
 from .conftest import random_image
@@ -86,7 +86,7 @@ def test_slow_choices_are_warned_about(caplog, tiny_net, monkeypatch):
     import medsr
     from medsr import infer
 
-    monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     infer._warn_emulated_bf16.cache_clear()  # said once per process: maybe already said by another test
     with caplog.at_level(logging.WARNING, logger="medsr"):
         medsr.upscale(random_image(128, 128, 3), model=tiny_net, tile=64)

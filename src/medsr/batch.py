@@ -20,6 +20,7 @@ import torch
 from medsr import dicom, infer, weights
 from medsr.consistency import Consistency, content_range
 from medsr.detail import detail_maps, heat_map
+from medsr.devices import pick_device
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
 from medsr.model import SRModel, as_model
@@ -248,7 +249,7 @@ def upscale_files(
             yield _failed(source, target, exc)
             continue
         log.info("%s -> %s (%s)", source, target, chosen.name)
-        ran_in = infer.precision_name(infer.pick_precision(precision, infer.pick_device(device), chosen))
+        ran_in = infer.precision_name(infer.pick_precision(precision, pick_device(device), chosen))
         yield FileResult(source=source, target=target, model=chosen.name, scale=outscale or chosen.scale,
                          precision=ran_in, values=describe_values(frames[0]), frames=len(frames), why=why,
                          consistency=Consistency.worst([out.consistency for out in outputs if out.consistency]),
@@ -303,7 +304,7 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
         raise
     except (ImageError, ValueError, RuntimeError) as exc:
         return _failed(source, target, exc)
-    ran_in = infer.precision_name(infer.pick_precision(settings["precision"], infer.pick_device(settings["device"]),
+    ran_in = infer.precision_name(infer.pick_precision(settings["precision"], pick_device(settings["device"]),
                                                        chosen))
     return FileResult(source=source, target=target, model=chosen.name, scale=settings["outscale"] or chosen.scale,
                       precision=ran_in, why=why,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -21,8 +20,9 @@ from tqdm import tqdm
 from medsr import batch, dicom, volume, weights
 from medsr.config import PRESETS
 from medsr.consistency import Consistency
+from medsr.devices import join_process_group, leave_process_group, rank_device
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
-from medsr.infer import pick_device, pick_precision, precision_name
+from medsr.infer import pick_precision, precision_name
 from medsr.io import WRITERS, ImageError, is_nifti, read_frames, read_image, reader_for
 from medsr.upscale import DEFAULT_MODEL, check_outscale
 
@@ -53,8 +53,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     index, count = (batch.shard_from_environment(slurm=args.shard == "auto") if args.shard in (None, "auto")
                     else parse_shard(args.shard))
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
-    ranks = _process_group()
-    device = _rank_device(args.device, ranks)
+    ranks, device = _ranks(args.device)
     pick_precision(args.precision, device)  # an impossible precision is refused before any model loads
     bars: dict[Path, tqdm] = {}
 
@@ -125,24 +124,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _process_group():
-    """torch.distributed when started by torchrun with several processes (gloo: it only gathers
-    results; each rank works alone), else None."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist
-
-
-def _rank_device(device: str, ranks) -> torch.device:
-    """The device asked for; under torchrun with CUDA, this rank's GPU (one per rank)."""
-    chosen = pick_device(device)
-    if ranks and chosen.type == "cuda":
-        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return chosen
+def _ranks(device: str):
+    """torch.distributed under torchrun with several processes (gloo: it only gathers results; each
+    rank works alone), else None; and this rank's device."""
+    _, size = join_process_group("gloo")
+    return (torch.distributed if size > 1 else None), rank_device(device, size)
 
 
 def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str], kept: list):
@@ -323,8 +309,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError("no images found in " + ", ".join(map(str, args.data)))
     baselines = [name.strip() for name in args.baselines.split(",") if name.strip()]
-    ranks = _process_group()  # under torchrun each rank takes every N-th image; rank 0 reports
-    device = _rank_device(args.device, ranks)
+    ranks, device = _ranks(args.device)  # under torchrun each rank takes every N-th image; rank 0 reports
     models = ev.build_models([*baselines, *args.model], tile=args.tile, device=device, precision=args.precision)
     lpips, lpips_status = ev.lpips_metric()
     options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips,
@@ -593,16 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted")
         return 130
     finally:
-        _leave_process_group()
-
-
-def _leave_process_group() -> None:
-    """Under torchrun, end the process group before exiting: a process that exits with gloo's threads
-    still running is aborted ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 if __name__ == "__main__":

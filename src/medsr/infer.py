@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medsr import devices
 from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
 
@@ -117,34 +117,6 @@ def check_tile(tile: int | None) -> None:
         raise ValueError(f"tile {tile!r}: give None (automatic), 0 (the whole image) or a positive whole number")
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(device)):
-        raise ValueError(f"device {str(device)!r}: use auto, cpu, cuda or cuda:N")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for, but PyTorch sees no CUDA device")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux); elsewhere unknown, taken as no."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (else it is emulated, and slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
 def pick_precision(precision: str, device: torch.device, model: SRModel | None = None) -> torch.dtype:
     """By default: bf16 on a CPU with native bf16 (AVX512-BF16 or AMX; the network cast, its head in
     fp32: 1.75-1.89x faster than fp32, outputs within 0.26 levels of 255 on average, docs/BENCHMARKS.md),
@@ -152,7 +124,7 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
     runs_in = model.precisions if model is not None else tuple(PRECISIONS)
     if precision == "auto":
         if device.type != "cuda":
-            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() and "bf16" in runs_in \
+            return torch.bfloat16 if device.type == "cpu" and devices.cpu_has_native_bf16() and "bf16" in runs_in \
                 else torch.float32
         preferred = ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
         return PRECISIONS[next((p for p in preferred if p in runs_in), "fp32")]
@@ -163,7 +135,7 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
                          f"it runs in {', '.join(runs_in)}")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 inference is not supported on CPU; use fp32 or bf16")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+    if precision == "bf16" and device.type == "cpu" and not devices.cpu_has_native_bf16():
         _warn_emulated_bf16()
     return PRECISIONS[precision]
 
@@ -180,24 +152,12 @@ def precision_name(dtype: torch.dtype) -> str:
     return next(name for name, known in PRECISIONS.items() if known == dtype)
 
 
-def available_memory() -> int | None:
-    """Bytes of host memory available now (Linux ``MemAvailable``); None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def memory_budget(device: torch.device) -> int:
     """Bytes the activations may use: on CPU a quarter of the available memory (1-16 GiB; larger
     tiles waste less on context), on CUDA half the free memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    available = available_memory()
+    available = devices.available_memory()
     if available is None:
         return DEFAULT_CPU_BUDGET
     low, high = CPU_BUDGET_RANGE
@@ -356,7 +316,7 @@ def upscale_tensor(
     """
     model = as_model(model)
     check_tile(tile)
-    device = pick_device(device)
+    device = devices.pick_device(device)
     dtype = pick_precision(precision, device, model)
     budget = budget_bytes or memory_budget(device)
     if tile is None:

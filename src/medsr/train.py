@@ -25,7 +25,7 @@ from medsr import checkpoint, files, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
 from medsr.data import HRImages, as_rgb, checked_files
 from medsr.degrade import PairPool, apply, sample
-from medsr.infer import native_bf16, pick_device
+from medsr.devices import join_process_group, native_bf16, rank_device
 from medsr.io import ImageError, read_image
 from medsr.losses import PerceptualLoss, gan_loss
 from medsr.metrics import psnr, ssim
@@ -75,25 +75,9 @@ class Run:
 # build
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
-
-
-def _device(config: TrainConfig, world_size: int) -> torch.device:
-    device = pick_device(config.run.device)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
-
-
 def build(config: TrainConfig, run_dir: Path) -> Run:
-    rank, world_size = _distributed()
-    device = _device(config, world_size)
+    rank, world_size = join_process_group()
+    device = rank_device(config.run.device, world_size)
     seed = config.run.seed
     torch.manual_seed(seed + rank)
     generators = {name: torch.Generator().manual_seed(seed * 10 + i + (0 if name == "order" else 1000 * rank))

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from medsr import infer
+from medsr import devices, infer
 from medsr.consistency import DEFAULT_TOLERANCE, ConsistencyError, Tolerance, content_range, enforce, measure
+from medsr.devices import pick_device
 from medsr.image import ImageError, ReadOptions
-from medsr.infer import OutputError, pick_device, upscale_tensor
+from medsr.infer import OutputError, upscale_tensor
 from medsr.io import Image, read_image
 from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
@@ -79,7 +80,7 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
     The peak holds the network's output and its NumPy view, the resized result and its quantised
     copy (all float32 but the last), and the tiles' activations (the inference budget).
     """
-    available = infer.available_memory()
+    available = devices.available_memory()
     if available is None:
         return
     height, width = image.size
