@@ -390,6 +390,7 @@ def test_the_general_model_keeps_values_too(tmp_path, x4plus):
 
 def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
     from medsr import evaluate as ev
+    from medsr.resize import resize_bicubic
 
     data = tmp_path / "data"
     data.mkdir()
@@ -400,7 +401,7 @@ def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
         return medsr.upscale(medsr.Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], consistency=False,
                              allow_inconsistent=True).pixels
 
-    models = [ev.Model("bicubic", lambda lr, size: ev.resize_bicubic(lr, *size)),
+    models = [ev.Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)),
               ev.Model("darkening", run, network=True)]
     [result] = ev.evaluate(ev.find_samples(data), models, ev.Options(protocol=ev.PROTOCOLS["retina-x2"],
                                                                      consistency="both"))
@@ -408,6 +409,6 @@ def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
     assert measure(result.outputs["darkening raw"], result.lr).mean_shift < -5
     assert not measure(result.outputs["darkening"], result.lr).exceeds()
     assert result.rows["darkening"]["psnr"] > result.rows["darkening raw"]["psnr"] + 3
-    np.testing.assert_array_equal(result.outputs["bicubic"], ev.resize_bicubic(result.lr, 512, 512))  # as it was
+    np.testing.assert_array_equal(result.outputs["bicubic"], resize_bicubic(result.lr, 512, 512))  # as it was
     with pytest.raises(ValueError, match="consistency 'sometimes'"):
         ev.Options(protocol=ev.PROTOCOLS["retina-x2"], consistency="sometimes")

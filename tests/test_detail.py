@@ -5,9 +5,8 @@ from PIL import Image as PILImage
 
 from medsr.cli import main
 from medsr.detail import detail_maps
-from medsr.evaluate import resize_bicubic
 from medsr.io import read_image
-from medsr.upscale import resize_lanczos
+from medsr.resize import resize_bicubic, resize_lanczos
 
 from .conftest import random_image
 

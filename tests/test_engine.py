@@ -128,7 +128,8 @@ def test_a_foreign_checkpoint_without_spandrel_is_a_clear_error(tmp_path, monkey
 def needs_spandrel(test):
     """Marked ``zoo``: `make test-zoo` (CI too) runs these where spandrel imports; elsewhere they skip."""
     problem = model_module.spandrel_import_problem()
-    return pytest.mark.zoo(pytest.mark.skipif(problem is not None, reason=f"{problem}; `make test-zoo` runs these")(test))
+    skip = pytest.mark.skipif(problem is not None, reason=f"{problem}; `make test-zoo` runs these")
+    return pytest.mark.zoo(skip(test))
 
 
 def compact_checkpoint(path):

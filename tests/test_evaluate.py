@@ -231,7 +231,7 @@ def test_evaluate_says_what_runs(tmp_path):
 
 def _wrong_outside(mask_rows: slice):
     """A model: bicubic, with the rows ``mask_rows`` of its output inverted."""
-    from medsr.evaluate import resize_bicubic
+    from medsr.resize import resize_bicubic
 
     def run(lr, size):
         out = resize_bicubic(lr, *size)
@@ -241,7 +241,8 @@ def _wrong_outside(mask_rows: slice):
 
 
 def test_chest_metrics_inside_the_anatomy_ignore_the_border_band(tmp_path):
-    from medsr.evaluate import Model, Options, Sample, evaluate_sample, resize_bicubic
+    from medsr.evaluate import Model, Options, Sample, evaluate_sample
+    from medsr.resize import resize_bicubic
 
     yy, xx = np.mgrid[:1024, :1024] / 1024
     chest = (40 + 160 * np.sin(np.pi * yy) * np.sin(np.pi * xx) ** 2).astype(np.uint8)  # smooth, bicubic does well
@@ -256,7 +257,8 @@ def test_chest_metrics_inside_the_anatomy_ignore_the_border_band(tmp_path):
 
 
 def test_retina_rows_have_the_anatomy_and_thin_vessel_measures(tmp_path):
-    from medsr.evaluate import Model, Options, evaluate_sample, resize_bicubic
+    from medsr.evaluate import Model, Options, evaluate_sample
+    from medsr.resize import resize_bicubic
 
     (tmp_path / "images").mkdir()
     (tmp_path / "manual").mkdir()

@@ -13,7 +13,7 @@ import torch
 
 from medsr.image import Image
 from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
-from medsr.upscale import resize_lanczos
+from medsr.resize import resize_lanczos
 from medsr.volume import read_volume, reading_axis, training_slices
 
 log = logging.getLogger(__name__)

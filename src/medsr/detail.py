@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medsr.kernels import gaussian_blur
-from medsr.upscale import resize_lanczos
+from medsr.resize import resize_lanczos
 
 FULL_SCALE = 16 / 255  # a difference of 16 levels or more shows at full colour in the maps
 

@@ -25,7 +25,8 @@ from medsr.image import Image, ImageError, quantize
 from medsr.infer import OutputError
 from medsr.io import image_files, is_nifti, read_image, reader_for
 from medsr.kernels import gaussian_blur
-from medsr.upscale import resize_lanczos, upscale
+from medsr.resize import resize_bicubic, resize_lanczos
+from medsr.upscale import upscale
 from medsr.volume import read_volume, reading_axis, slice_axis
 from medsr.weights import load_model
 
@@ -136,12 +137,6 @@ def read_annotation(path: Path, size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # The protocol
-
-
-def resize_bicubic(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    channels = [np.asarray(PILImage.fromarray(c).resize((width, height), PILImage.Resampling.BICUBIC))
-                for c in pixels.astype(np.float32, copy=False)]
-    return np.clip(np.stack(channels), 0, 1)
 
 
 FITS = ("resize", "crop")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
 from medsr import devices, infer
 from medsr.consistency import DEFAULT_TOLERANCE, ConsistencyError, Tolerance, content_range, enforce, measure
@@ -21,6 +20,7 @@ from medsr.infer import OutputError, upscale_tensor
 from medsr.io import Image, read_image
 from medsr.model import SRModel, as_model
 from medsr.nets.rrdbnet import RRDBNet
+from medsr.resize import resize_lanczos
 from medsr.volume import Volume, is_nifti, read_volume, upscale_volume
 from medsr.weights import load_model
 
@@ -93,15 +93,6 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
         raise ImageError(f"{source}: x{out_size[0] / height:g} of {width}x{height} needs about "
                          f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available now; "
                          "use a smaller outscale, or split the image")
-
-
-def resize_lanczos(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Lanczos-resize float32 (C, H, W) channel by channel, in float (no 8-bit rounding)."""
-    channels = [
-        np.asarray(PILImage.fromarray(c).resize((width, height), PILImage.Resampling.LANCZOS))
-        for c in pixels.astype(np.float32, copy=False)
-    ]
-    return np.clip(np.stack(channels), 0, 1)
 
 
 def upscale(
