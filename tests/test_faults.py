@@ -99,12 +99,12 @@ def test_resume_after_a_kill_keeps_one_log_row_per_iteration(train_dir, tmp_path
     # put back the checkpoint of iteration 2 (the same run, stopped there) and a half-written file.
     finetune(tiny(train_dir, "run.iterations=2"), tmp_path / "two")
     checkpoint.save(run / "latest.pth", checkpoint.load(tmp_path / "two" / "latest.pth"))
-    (run / ".latest.pth.999999.part").write_bytes(b"half a checkpoint of a killed run")
+    (run / ".latest.pth.999999.part.pth").write_bytes(b"half a checkpoint of a killed run")
     finetune(tiny(train_dir), run, resume=True)
     rows = [line.split(",")[:2] for line in (run / "log.csv").read_text().splitlines()[1:]]
     assert len(rows) == len(set(map(tuple, rows)))  # no iteration logged twice
     assert sorted({int(i) for i, _ in rows}) == [1, 2, 3, 4]
-    assert not (run / ".latest.pth.999999.part").exists()
+    assert not (run / ".latest.pth.999999.part.pth").exists()
     with caplog.at_level(logging.INFO, logger="medsr"):
         assert finetune(tiny(train_dir), run, resume=True) == []
     assert "the run is finished (4 of 4 iterations)" in caplog.text
@@ -313,7 +313,7 @@ def test_kill_9_during_training_then_resume_continues_exactly(train_dir, tmp_pat
     deadline = time.time() + 240
     # Wait until a save after the first is under way: a checkpoint exists and the next is half written.
     while time.time() < deadline and process.poll() is None and not (
-            (killed / "latest.pth").exists() and list(killed.glob(".latest.pth.*.part"))):
+            (killed / "latest.pth").exists() and list(killed.glob(".latest.pth.*.part*"))):
         time.sleep(0.002)
     assert process.poll() is None, "the run finished before a save could be caught; nothing was tested"
     process.send_signal(signal.SIGKILL)
@@ -325,7 +325,7 @@ def test_kill_9_during_training_then_resume_continues_exactly(train_dir, tmp_pat
     a, b = checkpoint.load(straight / "latest.pth"), checkpoint.load(killed / "latest.pth")
     assert b["iteration"] == 20
     assert all(torch.equal(a["net_g_ema"][k], b["net_g_ema"][k]) for k in a["net_g_ema"])
-    assert not list(killed.glob(".*.part"))  # the killed run's half-written file was cleaned up
+    assert not list(killed.glob(".*.part*"))  # the killed run's half-written file was cleaned up
 
 
 @pytest.mark.slow
@@ -425,3 +425,37 @@ def test_full_disk_during_a_checkpoint_or_export_keeps_the_previous_file(train_d
         assert sorted(p.name for p in disk.iterdir()) == ["latest.pth", "model.safetensors"]  # no temporaries
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=False)  # lazy: a mapping may still hold it
+
+
+def test_medsr_imports_where_fcntl_does_not_exist():
+    """Windows has no fcntl (it has msvcrt, stood in for here by an empty module): every medsr module
+    must import without fcntl."""
+    import subprocess
+    import sys
+
+    script = ("import sys, types, pkgutil, importlib, medsr\n"
+              "sys.modules['fcntl'] = None; sys.modules['msvcrt'] = types.ModuleType('msvcrt')\n"
+              "for name in list(sys.modules):\n"
+              "    if name.startswith('medsr'): del sys.modules[name]\n"
+              "import medsr\n"
+              "for info in pkgutil.walk_packages(medsr.__path__, 'medsr.'): importlib.import_module(info.name)\n"
+              "assert medsr.files.fcntl is None\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_one_atomic_writer_keeps_names_suffixes_and_existing_files(tmp_path):
+    seen = []
+    files.write_atomic(tmp_path / "a.nii.gz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+    assert seen[0].startswith(".a.nii.gz.") and seen[0].endswith(".part.nii.gz")  # writers choose formats by name
+    with pytest.raises(FileExistsError, match="already exists"):
+        files.write_atomic(tmp_path / "a.nii.gz", b"other", overwrite=False)
+    assert (tmp_path / "a.nii.gz").read_bytes() == b"x"
+
+    def refuse(tmp):
+        raise ValueError("the check says no")
+    with pytest.raises(ValueError, match="the check says no"):
+        files.write_atomic(tmp_path / "b.png", b"data", verify=refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]  # nothing half-written left behind
+    (tmp_path / ".c.png.999999.part.png").write_bytes(b"left by a killed run")
+    assert files.stale_temporaries(tmp_path) == [tmp_path / ".c.png.999999.part.png"]

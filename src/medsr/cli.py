@@ -21,6 +21,7 @@ from medsr import batch, dicom, volume, weights
 from medsr.config import PRESETS
 from medsr.consistency import Consistency
 from medsr.devices import join_process_group, leave_process_group, rank_device
+from medsr.files import write_atomic
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_precision, precision_name
 from medsr.io import WRITERS, ImageError, is_nifti, read_frames, read_image, reader_for
@@ -231,8 +232,11 @@ def run_degrade_preview(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     sheet = degradation_sheet(image, n=args.n, seed=args.seed, scale=args.scale, crop=args.crop)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.output)
+    try:
+        write_atomic(args.output, lambda tmp: sheet.save(tmp), overwrite=args.overwrite)
+    except OSError as exc:
+        _error(str(exc))
+        return 1
     print(f"wrote {args.output}: {args.n} degraded samples of a {args.crop}x{args.crop} crop, x{args.scale}, "
           f"seed {args.seed}")
     return 0

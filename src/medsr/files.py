@@ -2,41 +2,80 @@
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt locks instead
+    fcntl = None
+    import msvcrt
+
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
+def write_atomic(path: str | Path, data: bytes | Callable[[Path], None], *,
+                 verify: Callable[[Path], None] | None = None, overwrite: bool = True) -> None:
     """Write ``data`` (bytes, or a function that writes a given path) through a temporary file in
-    the same folder, then rename: a kill or a full disk leaves the previous file intact.
+    the same folder, check it (``verify(tmp)``, which raises to refuse it), then move it into place:
+    a kill or a full disk leaves the previous file intact. Without ``overwrite`` an existing file is
+    never replaced, not even one that appeared while this one was written (FileExistsError).
+    Every medsr output goes through here.
 
-    The temporary name carries the process id (``.NAME.PID.part``), so files left by a killed
-    process can be told from a running one's (``stale_temporaries``).
+    The temporary name carries the process id and ends with the file's own suffix
+    (``.NAME.PID.part.png``: writers that choose the format by name see it), so files left by a
+    killed process can be told from a running one's (``stale_temporaries``).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part{suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if callable(data):
             data(tmp)
         else:
             tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except Exception as exc:  # writers report a full disk in their own ways (torch.save: RuntimeError)
-        kept = " (the previous file is kept)" if path.exists() else ""
-        reason = getattr(exc, "strerror", None) or (
-            "No space left on device" if _nearly_full(path.parent) else f"{type(exc).__name__}: {exc}")
-        raise OSError(getattr(exc, "errno", None), f"cannot write {path}: {reason}{kept}") from None
+        if verify is not None:
+            verify(tmp)
+        _move_into_place(tmp, path, overwrite)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, f"{path}: already exists (created while this file was written); "
+                                            "kept it") from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{_kept(path)}") from None
+    except Exception as exc:
+        if _nearly_full(path.parent):  # writers report a full disk in their own ways (torch.save: RuntimeError)
+            raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device{_kept(path)}") from None
+        if verify is not None:
+            raise  # the data was refused, by its writer or by the check: their error says why
+        raise OSError(None, f"cannot write {path}: {type(exc).__name__}: {exc}{_kept(path)}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _kept(path: Path) -> str:
+    return " (the previous file is kept)" if path.exists() else ""
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the name exists: two runs never replace each other's files
+    except FileExistsError:
+        raise
+    except OSError:  # file systems without hard links
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, str(path)) from None
+        os.replace(tmp, path)
 
 
 def _nearly_full(folder: Path) -> bool:
@@ -49,9 +88,9 @@ def _nearly_full(folder: Path) -> bool:
 def stale_temporaries(folder: str | Path) -> list[Path]:
     """Temporary files of ``write_atomic`` in ``folder`` whose process no longer runs."""
     stale = []
-    for part in Path(folder).glob(".*.part"):
-        pid = part.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _running(int(pid)):
+    for part in Path(folder).glob(".*.part*"):
+        found = re.fullmatch(r"\..+\.(\d+)\.part(\..*)?", part.name)
+        if found and not _running(int(found[1])):
             stale.append(part)
     return stale
 
@@ -75,7 +114,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
     handle = open(folder / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(handle)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
@@ -90,6 +129,15 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _lock(handle) -> None:
+    """An exclusive lock on an open file, or OSError when another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
 
 
 def sha256(path: str | Path) -> str:

@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import tifffile
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
-from medsr import dicom
+from medsr import dicom, files
 from medsr.image import Image, ImageError, ReadOptions, check_pixels, pick_value_range, single_frame
 
 log = logging.getLogger(__name__)
@@ -533,32 +532,26 @@ def write_frames(path: str | Path, frames: list[Image], *, overwrite: bool = Fal
 
 def write_checked(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], *,
                   overwrite: bool) -> None:
-    """Write ``path`` through a temporary file beside it: ``write(tmp)``, ``verify(tmp)``, then move
-    it into place (never over an existing file unless ``overwrite``); every failure is an
-    ImageError naming ``path``, and the temporary file is removed."""
-    tmp = None
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix  # nibabel compresses by name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=suffix)
-        os.close(fd)
-        tmp = Path(name)
+    """``files.write_atomic`` for images and volumes: ``write(tmp)``, ``verify(tmp)``, then into place
+    (never over an existing file unless ``overwrite``); every failure is an ImageError naming ``path``."""
+    def write_image_file(tmp: Path) -> None:
         try:
             write(tmp)
         except ImageError as exc:
             raise ImageError(f"{path}: cannot write ({exc})") from None
-        verify(tmp)
         os.chmod(tmp, 0o644)
-        _move_into_place(tmp, path, overwrite)
+
+    try:
+        files.write_atomic(path, write_image_file, verify=verify, overwrite=overwrite)
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists (created while this image was written); kept it") from None
     except OSError as exc:  # disk full, read-only folder, a file where a folder should be, ...
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        reason = str(exc).removeprefix(f"cannot write {path}: ")
+        raise ImageError(f"{path}: cannot write ({reason})") from None
     except ImageError:
         raise
     except Exception as exc:  # encoders raise many types; name the target, not the temporary file
         raise ImageError(f"{path}: cannot write ({type(exc).__name__}: {exc})") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def _shape_of(image: Image) -> tuple:
@@ -577,17 +570,3 @@ def _verify_written(tmp: Path, frames: list[Image], path: Path) -> None:
     if found != expected:
         raise ImageError(f"{path}: the written file reads back as (size, channels, alpha, bits) {found[:3]}, "
                          f"not {expected[:3]}; nothing was written")
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # fails if the name exists: two runs never replace each other's files
-    except FileExistsError:
-        raise ImageError(f"{path}: already exists (created while this image was written); kept it") from None
-    except OSError:  # file systems without hard links
-        if path.exists():
-            raise ImageError(f"{path}: already exists (created while this image was written); kept it") from None
-        os.replace(tmp, path)

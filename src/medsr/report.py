@@ -17,6 +17,7 @@ from scipy.ndimage import uniform_filter
 
 from medsr.evaluate import Result
 from medsr.figures import to_pil
+from medsr.files import write_atomic
 
 COLUMNS = ("psnr", "ssim", "psnr_inside", "ssim_inside", "vessel_agreement", "vessel_auc", "thin_vessel_auc",
            "hf_kept", "hf_invented", "mf_kept", "mf_invented", "lpips", "mae")  # mae: volume-x2, in the volume's units
@@ -89,12 +90,13 @@ def _fmt(value: float) -> str:
 
 
 def write_csv(path: Path, results: list[Result]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "model", *COLUMNS])
-        for result in results:
-            for model, row in result.rows.items():
-                writer.writerow([result.sample.name, model, *[row.get(c, "") for c in COLUMNS]])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["image", "model", *COLUMNS])
+    for result in results:
+        for model, row in result.rows.items():
+            writer.writerow([result.sample.name, model, *[row.get(c, "") for c in COLUMNS]])
+    write_atomic(path, text.getvalue().encode())
 
 
 def region_of_difference(outputs: dict[str, np.ndarray], fraction: int = 6) -> tuple[int, int, int, int]:
@@ -230,17 +232,17 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "per_image.csv", results)
     document = strict_json({"settings": settings, "summary": summary, "statistics": statistics or {}})
-    (folder / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+    write_atomic(folder / "summary.json", json.dumps(document, indent=2, allow_nan=False).encode())
     (folder / "figures").mkdir(exist_ok=True)
     sections = []
     dial = dial_figure(summary)
     if dial is not None:
-        dial.save(folder / "figures" / "fidelity-dial.png")
+        write_atomic(folder / "figures" / "fidelity-dial.png", lambda tmp: dial.save(tmp, "PNG"))
         sections.append(f'<h3>The fidelity dial</h3><img alt="metrics against fidelity" '
                         f'src="data:image/png;base64,{_png_data(dial)}">')
     for result in results[:figures]:
         figure = comparison_figure(result, region)
-        figure.save(folder / "figures" / f"{result.sample.name}.png")
+        write_atomic(folder / "figures" / f"{result.sample.name}.png", lambda tmp, f=figure: f.save(tmp, "PNG"))
         sections.append(f"<h3>{html.escape(result.sample.name)}</h3>"
                         f'<img alt="comparison for {html.escape(result.sample.name)}" '
                         f'src="data:image/png;base64,{_png_data(figure)}">')
@@ -259,7 +261,7 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
         reference=html.escape(str(settings.get("reference", ""))),
         legend=_html_table(["metric", "what it measures", "better", "unit"], [list(row) for row in LEGEND]),
     )
-    (folder / "report.html").write_text(page)
+    write_atomic(folder / "report.html", page.encode())
     return folder / "report.html"
 
 
