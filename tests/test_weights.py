@@ -223,3 +223,36 @@ def test_nothing_available_lists_what_was_tried():
 def test_resolve_rejects_unknown_names():
     with pytest.raises(WeightsError, match="neither a checkpoint file nor a known model"):
         weights.resolve("realesrgan-x5")
+
+
+def test_downloads_are_pinned_by_sha256(served, tmp_path):
+    import hashlib
+
+    root, base = served
+    torch.save({"params_ema": tiny_state()}, root / "tiny.pth")
+    digest = hashlib.sha256((root / "tiny.pth").read_bytes()).hexdigest()
+    weights.download(f"{base}/tiny.pth", tmp_path / "got.pth", sha256=digest)
+    assert (tmp_path / "got.pth").read_bytes() == (root / "tiny.pth").read_bytes()
+    with pytest.raises(WeightsError, match="SHA-256 is .* not the 0{64} recorded"):
+        weights.download(f"{base}/tiny.pth", tmp_path / "refused.pth", sha256="0" * 64)
+    assert not (tmp_path / "refused.pth").exists() and not list(tmp_path.glob(".refused*"))
+    # a known model whose release file changed is not cached; what was tried says why
+    spec = ModelSpec(name="pinned-test", preset="tiny", description="test", url=f"{base}/tiny.pth",
+                     url_sha256="1" * 64)
+    with pytest.raises(WeightsError, match="SHA-256 is"):
+        weights.fetch(spec, online=True)
+    assert not weights.cached_path(spec).exists()
+
+
+def test_the_pinned_digests_agree_with_their_file_names():
+    """torchvision names its files by the first 8 digits of their SHA-256; the x4plus pin is the
+    digest that other projects' manifests record for the v0.1.0 release file (67,040,989 bytes)."""
+    assert weights.VGG19_FILE == f"vgg19-{weights.VGG19_SHA256[:8]}.pth"
+    pinned = weights.KNOWN_MODELS["realesrgan-x4plus"]
+    assert pinned.url.endswith("v0.1.0/RealESRGAN_x4plus.pth") and pinned.url_sha256.startswith("4fa0d389")
+
+
+def test_offline_is_read_in_one_place(monkeypatch):
+    for value, expected in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)):
+        monkeypatch.setenv("MEDSR_OFFLINE", value)
+        assert weights.offline() is expected

