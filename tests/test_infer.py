@@ -172,3 +172,17 @@ print(default, kept, *reused)
     tuned = {**env, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=tuned)
     assert result.stdout.split()[1] == "False"  # the user's settings are left alone
+
+
+def test_a_prepared_copy_is_reused_until_the_weights_change():
+    from medsr import infer
+
+    net = rrdbnet("tiny")  # in training mode: every call needs a prepared (eval) copy
+    first = infer._prepared(net, torch.device("cpu"), torch.bfloat16)
+    assert first is not net and infer._prepared(net, torch.device("cpu"), torch.bfloat16) is first
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)  # an optimiser step: in place
+    again = infer._prepared(net, torch.device("cpu"), torch.bfloat16)
+    assert again is not first
+    torch.testing.assert_close(next(again.parameters()).float(), next(net.parameters()).bfloat16().float())
+    assert net.training and next(net.parameters()).dtype == torch.float32  # the caller's network unchanged

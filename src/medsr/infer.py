@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -226,7 +227,11 @@ def _prepared(net: torch.nn.Module, device: torch.device, dtype: torch.dtype = t
               head_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """``net`` on ``device``, channels-last, in eval mode and with its weights in ``dtype`` (an
     RRDBNet's head in ``head_dtype``, default ``dtype``), as it is if it already is; otherwise a
-    prepared copy, so that the caller's module (a network in training, say) is never changed."""
+    prepared copy, so that the caller's module (a network in training, say) is never changed.
+
+    The copy is kept for the next call (a batch prepares its network once, not once per image)
+    until ``net``'s weights change (their tensors' version counters, which every in-place update
+    such as an optimiser step advances) or ``net`` is gone."""
     head = set()
     if isinstance(net, RRDBNet) and head_dtype not in (None, dtype):
         head = {id(p) for m in net.head_modules() for p in m.parameters()}
@@ -238,11 +243,20 @@ def _prepared(net: torch.nn.Module, device: torch.device, dtype: torch.dtype = t
     )
     if ready:
         return net
+    key = (str(device), dtype, head_dtype if head else None)
+    version = tuple(t._version for t in (*net.parameters(), *net.buffers()))
+    kept = _PREPARED.setdefault(net, {}).get(key)
+    if kept is not None and kept[0] == version:
+        return kept[1]
     copied = copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval().to(dtype)
     if head:
         for module in copied.head_modules():
             module.to(head_dtype)
+    _PREPARED[net] = {key: (version, copied)}  # one prepared copy per network: memory stays bounded
     return copied
+
+
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def reduced_on_cpu(dtype: torch.dtype, device: torch.device) -> bool:
