@@ -1,0 +1,76 @@
+"""Regression guards of the shipped models: on two images (or slices) of the shared validation sets,
+never trained on, each model's gain over bicubic in PSNR and SSIM stays at least what its card's
+evaluation command measured, less a margin. A worse model cannot replace a better one unnoticed.
+
+Reference gains: per_image.csv of the evaluation run that each model card gives (medsr evaluate
+with the protocol's defaults, consistency on, bf16 on a 2-core AMD EPYC with AVX512-BF16): the
+model's value minus bicubic's on the same image. The margins (0.1 dB, 0.002 SSIM) cover fp32
+(these tests) against bf16 (those runs) and CPU kinds; a retrained model that loses more than
+that on an image fails here.
+"""
+
+
+import nibabel as nib
+import pytest
+
+from medsr.evaluate import PROTOCOLS, Model, Options, Sample, build_models, evaluate_sample, find_samples
+from medsr.resize import resize_bicubic
+
+from .conftest import shared_image
+
+PSNR_MARGIN, SSIM_MARGIN = 0.1, 0.002
+
+# model -> (protocol, [(image or slice, PSNR gain, SSIM gain) over bicubic, from the card's run])
+REFERENCES = {
+    "retina-fidelity": ("retina-x2", [("Image_01L", 0.2177, 0.00198), ("Image_04R", 0.3450, 0.00215)]),
+    "retina": ("retina-x2", [("Image_01L", -0.0141, -0.00157), ("Image_04R", 0.1918, -0.00020)]),
+    "ct-fidelity": ("volume-x2", [(0, 1.0119, 0.00918), (5, 0.9318, 0.00906)]),
+}
+
+
+def samples_for(protocol: str, names: list, tmp_path) -> list[Sample]:
+    if protocol == "retina-x2":
+        found = {s.name: s for s in find_samples(shared_image("retina/CHASE_DB1"))}
+        return [found[name] for name in names]
+    if protocol == "cxr-x4":
+        folder = shared_image("cxr/NIH-ChestXray14/val")
+        return [Sample(name=name, image=folder / f"{name}.png") for name in names]
+    # volume-x2: the CT validation block (slices 40-59 of the shared thorax volume, as the card made it;
+    # the slice numbers count within the block)
+    volume = nib.load(shared_image("volumes/ct/thorax-BigBore_z040-099.nii.gz"))
+    block = volume.slicer[:, :, 40:60]
+    path = tmp_path / "thorax-block40-59.nii.gz"
+    nib.save(block, path)
+    return [Sample(name=f"k{k:03d}", image=path, slice=k, axis=2) for k in names]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_a_shipped_model_keeps_its_gain_over_bicubic(name, tmp_path):
+    protocol, references = REFERENCES[name]
+    samples = samples_for(protocol, [ref[0] for ref in references], tmp_path)
+    models = [Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)),
+              *build_models([name], tile=None, device="cpu", precision="fp32")]
+    options = Options(protocol=PROTOCOLS[protocol])
+    for sample, (_, psnr_gain, ssim_gain) in zip(samples, references, strict=True):
+        rows = evaluate_sample(sample, models, options).rows
+        measured_psnr = rows[name]["psnr"] - rows["bicubic"]["psnr"]
+        measured_ssim = rows[name]["ssim"] - rows["bicubic"]["ssim"]
+        assert measured_psnr >= psnr_gain - PSNR_MARGIN, (sample.name, measured_psnr, psnr_gain)
+        assert measured_ssim >= ssim_gain - SSIM_MARGIN, (sample.name, measured_ssim, ssim_gain)
+
+
+def test_the_guard_fails_for_a_worse_model(tmp_path):
+    """The check above, run with a model that is bicubic plus a mild blur: its gain falls short."""
+    import torch
+
+    from medsr.kernels import gaussian_blur
+
+    [sample] = samples_for("retina-x2", ["Image_01L"], tmp_path)
+
+    def blurred(lr, size):
+        return gaussian_blur(torch.from_numpy(resize_bicubic(lr, *size))[None], 5, 0.8)[0].numpy()
+
+    models = [Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)), Model("worse", blurred)]
+    rows = evaluate_sample(sample, models, Options(protocol=PROTOCOLS["retina-x2"])).rows
+    assert rows["worse"]["psnr"] - rows["bicubic"]["psnr"] < 0.2177 - PSNR_MARGIN
