@@ -62,7 +62,7 @@ def test_fidelity_dial_blends_weights_and_reproduces_both_ends(tiny_pair):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(weights.WeightsError, match="fidelity applies to the medical models"):
         weights.load_model("realesrgan-x4plus", fidelity=0.5)
-    with pytest.raises(weights.WeightsError, match="must be within 0..1"):
+    with pytest.raises(ValueError, match="must be within 0..1"):
         weights.load_model("retina", fidelity=1.5)
 
 

@@ -204,6 +204,8 @@ def upscale_files(
         WeightsError: the model cannot be loaded (the whole batch would fail).
     """
     options = options or ReadOptions()
+    if fidelity is not None:
+        weights.check_fidelity(fidelity)  # arguments before work
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
     loaded: dict[tuple[str, float | None], SRModel] = {}

@@ -489,12 +489,16 @@ def _known_state(name: str, location: Path) -> tuple[dict[str, torch.Tensor], tu
     return load_generator(path, preset=spec.preset).state_dict(), (path, digest)
 
 
+def check_fidelity(fidelity: float) -> None:
+    if not (math.isfinite(fidelity) and 0 <= fidelity <= 1):
+        raise ValueError(f"fidelity {fidelity}: must be within 0..1")
+
+
 def _blend(modality: str, fidelity: float) -> SRModel:
     modality = modality.removesuffix("-fidelity")
     if modality not in MODALITIES:
         raise WeightsError(f"fidelity applies to the medical models ({', '.join(MODALITIES)}), not {modality!r}")
-    if not (math.isfinite(fidelity) and 0 <= fidelity <= 1):
-        raise WeightsError(f"fidelity {fidelity}: must be within 0..1")
+    check_fidelity(fidelity)
     if fidelity in (0, 1):  # exactly the one model, not a blend that rounds
         return load_model(modality if fidelity == 0 else f"{modality}-fidelity")
     faithful, sharp = load_model(f"{modality}-fidelity"), load_model(modality)
