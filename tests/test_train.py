@@ -156,19 +156,32 @@ def test_prepare_multiscale_and_crops(train_dir, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_with_gloo(train_dir, tmp_path):
-    run_dir = tmp_path / "ddp"
+def torchrun_finetune(run_dir, train_dir, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-            "-m", "medsr.cli", "finetune", "-o", str(run_dir), "--data", str(train_dir),
-            *sum((["--set", s] for s in TINY), [])]
+            "-m", "medsr.cli", "finetune", "-o", str(run_dir), *extra]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    state = checkpoint.load(run_dir / "latest.pth")
+    return result
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo_agree_and_resume_exactly(train_dir, tmp_path):
+    settings = [*sum((["--set", s] for s in TINY), [])]
+    result = torchrun_finetune(tmp_path / "ddp", train_dir, "--data", str(train_dir), *settings)
+    state = checkpoint.load(tmp_path / "ddp" / "latest.pth")
     assert state["iteration"] == 4 and len(state["rng"]) == 2
     assert state["rng"][0]["generators"]["crop"].ne(state["rng"][1]["generators"]["crop"]).any()
     assert result.stdout.count("iter 4/4") == 1  # rank 0 alone reports
+    # every save compares the two processes' networks (DDP must keep them equal)
+    assert "iteration 4: the 2 processes' networks agree" in result.stdout + result.stderr
+    # two iterations, then a resumed two-process run: the same weights as the run without a stop
+    torchrun_finetune(tmp_path / "split", train_dir, "--data", str(train_dir), *settings, "--set", "run.iterations=2")
+    torchrun_finetune(tmp_path / "split", train_dir, "--resume", "--set", "run.iterations=4")
+    resumed = checkpoint.load(tmp_path / "split" / "latest.pth")
+    assert resumed["iteration"] == 4
+    assert all(torch.equal(state["net_g_ema"][k], resumed["net_g_ema"][k]) for k in state["net_g_ema"])
+    assert all(torch.equal(state["net_d"][k], resumed["net_d"][k]) for k in state["net_d"])
 
 
 def test_pixel_only_run_has_no_discriminator_and_resumes_exactly(train_dir, tmp_path):

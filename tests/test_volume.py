@@ -344,7 +344,7 @@ def test_training_samples_slices_of_volumes_and_resumes_exactly(tmp_path):
     finetune(tiny_config(data, *extra, "run.iterations=2"), tmp_path / "b")
     rest = finetune(tiny_config(data, *extra), tmp_path / "b", resume=True)
     assert straight[2:] == rest
-    assert checkpoint.load(tmp_path / "b" / "latest.pth")["data"]["files"][0] == "ct.nii.gz#0"
+    assert checkpoint.load(tmp_path / "b" / "latest.pth")["data"][0]["files"][0] == "ct.nii.gz#0"
 
 
 @pytest.mark.slow

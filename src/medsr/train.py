@@ -79,11 +79,12 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
     rank, world_size = join_process_group()
     device = rank_device(config.run.device, world_size)
     seed = config.run.seed
-    torch.manual_seed(seed + rank)
     generators = {name: torch.Generator().manual_seed(seed * 10 + i + (0 if name == "order" else 1000 * rank))
                   for i, name in enumerate(GENERATORS)}
+    torch.manual_seed(seed)  # the same fresh networks in every process: the EMA copy is not synchronised by DDP
     net_g = rrdbnet(config.model.preset).to(device)
     net_d = unet_discriminator(config.model.preset).to(device) if config.loss.gan_weight > 0 else None
+    torch.manual_seed(seed + rank)
     perceptual = None
     if config.loss.perceptual_weight > 0:
         layers = tuple(config.loss.perceptual_layers)
@@ -139,8 +140,8 @@ def init_pretrained(run: Run) -> None:
 # checkpoints
 
 
-def _all_rng_states(run: Run) -> list[dict]:
-    state = checkpoint.rng_state(run.generators)
+def _from_every_rank(run: Run, state):
+    """``[state of rank 0, state of rank 1, ...]``: every rank takes part."""
     if run.world_size == 1:
         return [state]
     gathered: list = [None] * run.world_size
@@ -149,20 +150,40 @@ def _all_rng_states(run: Run) -> list[dict]:
 
 
 RESUMABLE = ("net_g", "net_d", "optim_g", "optim_d", "sched_g", "sched_d", "pool", "data")
+PER_RANK = ("pool", "data")  # each process has its own pairs and its own share of the images
 
 
 def _state_of(part) -> dict | None:
     return None if part is None else part.state_dict()
 
 
+def _networks_agree(run: Run) -> None:
+    """DDP keeps every process's networks equal; one that drifted (a missed all-reduce, a
+    non-deterministic kernel) would leave a checkpoint that is rank 0's alone. Checked at every save."""
+    if run.world_size == 1:
+        return
+    mine = checkpoint.tensor_digest({"net_g": run.net_g.state_dict(), "net_g_ema": run.net_g_ema.state_dict(),
+                                     "net_d": None if run.net_d is None else run.net_d.state_dict()})
+    gathered: list = [None] * run.world_size
+    dist.all_gather_object(gathered, mine)
+    if len(set(gathered)) > 1:
+        raise RuntimeError(f"iteration {run.iteration}: the {run.world_size} processes' networks differ "
+                           f"(SHA-256 {', '.join(d[:12] for d in gathered)}); the run cannot go on")
+    if run.rank == 0:
+        log.info("iteration %d: the %d processes' networks agree (SHA-256 %s)", run.iteration, run.world_size,
+                 mine[:12])
+
+
 def save(run: Run) -> None:
-    rng = _all_rng_states(run)  # every rank takes part in the gather
+    rng = _from_every_rank(run, checkpoint.rng_state(run.generators))
+    per_rank = {name: _from_every_rank(run, _state_of(getattr(run, name))) for name in PER_RANK}
+    _networks_agree(run)
     if run.rank != 0:
         return
     state = {
         "iteration": run.iteration, "warmup_done": run.warmup_done, "config": to_dict(run.config),
         "net_g_ema": run.net_g_ema.state_dict(), "rng": rng,
-        **{name: _state_of(getattr(run, name)) for name in RESUMABLE},
+        **{name: _state_of(getattr(run, name)) for name in RESUMABLE if name not in PER_RANK}, **per_rank,
     }
     if not run.config.run.keep_optimizer:  # two Adam moments per weight: most of a checkpoint's size
         state["optim_g"] = state["optim_d"] = None
@@ -177,17 +198,19 @@ def restore(run: Run, state: dict) -> None:
     if state.get("resumable") is False:
         raise ValueError("this checkpoint was written without optimiser state (run.keep_optimizer false); it "
                          "can be exported, not resumed")
-    run.net_g_ema.load_state_dict(state["net_g_ema"])
-    for name in RESUMABLE:
-        part = getattr(run, name)
-        if (part is None) != (state[name] is None):
-            raise ValueError(f"checkpoint {'lacks' if state[name] is None else 'has'} {name} but the config "
-                             f"{'has' if state[name] is None else 'lacks'} it (loss.gan_weight changed?)")
-        if part is not None:
-            part.load_state_dict(state[name])
-    run.iteration, run.warmup_done = state["iteration"], state["warmup_done"]
     if len(state["rng"]) != run.world_size:
         raise ValueError(f"checkpoint was written by {len(state['rng'])} processes; resume with as many")
+    run.net_g_ema.load_state_dict(state["net_g_ema"])
+    for name in RESUMABLE:
+        part, saved = getattr(run, name), state[name]
+        if name in PER_RANK and isinstance(saved, list):  # one per process (older checkpoints: rank 0's)
+            saved = saved[run.rank]
+        if (part is None) != (saved is None):
+            raise ValueError(f"checkpoint {'lacks' if saved is None else 'has'} {name} but the config "
+                             f"{'has' if saved is None else 'lacks'} it (loss.gan_weight changed?)")
+        if part is not None:
+            part.load_state_dict(saved)
+    run.iteration, run.warmup_done = state["iteration"], state["warmup_done"]
     checkpoint.set_rng_state(state["rng"][run.rank], run.generators)
 
 
