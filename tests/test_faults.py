@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, devices, files
+from medsr import checkpoint, devices, files, state_dicts
 from medsr.cli import main
 from medsr.config import MAX_CONFIG_BYTES, build_config
 from medsr.train import export, finetune
@@ -140,7 +140,7 @@ def test_a_bit_flipped_cache_file_is_derived_again(tmp_path):
     path.write_bytes(bytes(data))
     again = weights.fetch(spec, online=True)  # re-downloaded and verified, not used as damaged
     assert again == path and files.sha256(again) != files.sha256(tmp_path / "tiny.pth")  # a safetensors copy
-    assert torch.equal(weights.load_generator(again).state_dict()["conv_last.bias"], state["conv_last.bias"])
+    assert torch.equal(state_dicts.load_generator(again).state_dict()["conv_last.bias"], state["conv_last.bias"])
 
 
 def test_a_damaged_packaged_model_is_refused(tmp_path, monkeypatch):
@@ -165,13 +165,13 @@ def test_hostile_checkpoints_are_refused_before_building(tmp_path):
         many[f"body.{block}.rdb1.conv1.weight"] = small["body.0.rdb1.conv1.weight"]
     torch.save(many, tmp_path / "many.pth")
     with pytest.raises(weights.WeightsError, match="need 1 to 64"):
-        weights.load_generator(tmp_path / "many.pth")
+        state_dicts.load_generator(tmp_path / "many.pth")
     # A small file whose tensor claims far more storage than the file holds.
     torch.save({"params": small}, tmp_path / "ok.pth")
     data = (tmp_path / "ok.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(weights.WeightsError, match=r"cut\.pth: cannot read checkpoint"):
-        weights.load_generator(tmp_path / "cut.pth")
+        state_dicts.load_generator(tmp_path / "cut.pth")
 
 
 @pytest.mark.parametrize("outscale", ["inf", "nan", "2000", "-1", "0"])

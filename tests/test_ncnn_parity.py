@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsr import weights
+from medsr import ncnn, weights
 from medsr.infer import upscale_tensor
 from medsr.io import read_image
 
@@ -28,7 +28,7 @@ def run_ncnn(param, bin_, lq: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_matches_the_ncnn_runtime_within_two_grey_levels(x4plus):
-    files = weights.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
+    files = ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
     image = read_image(shared_image("retina/STARE/images/im0001.png"))
     lq = image.pixels[:, 200:264, 300:364]  # 64x64 crop with vessels
     ours = upscale_tensor(x4plus, torch.from_numpy(lq.copy()), tile=0).numpy()

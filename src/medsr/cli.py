@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsr import batch, dicom, volume, weights
+from medsr import batch, dicom, ncnn, volume, weights
 from medsr.config import PRESETS
 from medsr.consistency import Consistency
 from medsr.devices import join_process_group, leave_process_group, rank_device
@@ -377,11 +377,11 @@ def run_weights(args: argparse.Namespace) -> int:
     if args.action == "list":
         for spec in weights.KNOWN_MODELS.values():
             cached = weights.cached_path(spec)
-            ncnn = weights.ncnn_files(spec)
+            offline_copy = ncnn.ncnn_files(spec)
             where = f"cached at {cached}" if cached.is_file() else "not cached"
             if spec.packaged:
                 where = f"shipped at {weights.PACKAGED_DIR / spec.packaged}"
-            offline = "; offline copy available" if ncnn else ""
+            offline = "; offline copy available" if offline_copy else ""
             print(f"{spec.name:22s} {spec.description} [{where}{offline}]")
         return 0
     try:

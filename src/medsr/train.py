@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from medsr import checkpoint, files, weights
+from medsr import checkpoint, files, pretrained, state_dicts, weights
 from medsr.config import TrainConfig, dump_yaml, from_dict, to_dict
 from medsr.data import HRImages, as_rgb, checked_files
 from medsr.degrade import PairPool, apply, sample
@@ -88,7 +88,7 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
     perceptual = None
     if config.loss.perceptual_weight > 0:
         layers = tuple(config.loss.perceptual_layers)
-        perceptual = PerceptualLoss(weights.load_vgg19(config.loss.vgg_weights, layers=layers),
+        perceptual = PerceptualLoss(pretrained.load_vgg19(config.loss.vgg_weights, layers=layers),
                                     layer_weights=config.loss.perceptual_layers).to(device)
     if config.run.channels_last:
         net_g = net_g.to(memory_format=torch.channels_last)
@@ -127,11 +127,11 @@ def init_pretrained(run: Run) -> None:
     model = run.config.model
     if model.init_g != "scratch":
         path, spec = weights.resolve(model.init_g)
-        loaded = weights.load_generator(path, preset=model.preset if spec is None else spec.preset)
+        loaded = state_dicts.load_generator(path, preset=model.preset if spec is None else spec.preset)
         run.net_g.load_state_dict(loaded.state_dict())
         run.net_g_ema.load_state_dict(loaded.state_dict())
     if model.init_d != "scratch":
-        loaded_d = weights.load_discriminator(model.init_d, preset=model.preset)
+        loaded_d = pretrained.load_discriminator(model.init_d, preset=model.preset)
         run.net_d.load_state_dict(loaded_d.state_dict())
     run.warmup_done = run.net_d is None or model.init_d != "scratch" or model.d_warmup_iters == 0
 

@@ -9,33 +9,25 @@ official release file; and, offline, a conversion of the ncnn copy that the PyPI
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import math
-import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from safetensors.torch import save_file
 
 from medsr import files
+from medsr.downloads import download, medsr_home, offline
 from medsr.model import Domain, SRModel, describe_rrdbnet, load_foreign
-from medsr.nets.rrdbnet import RRDBNet, rrdbnet, rrdbnet_from_state_dict
-from medsr.nets.unet import UNetDiscriminatorSN, unet_discriminator
-from medsr.nets.vgg import VGG19Features
+from medsr.ncnn import convert_ncnn, ncnn_files
+from medsr.nets.rrdbnet import rrdbnet
+from medsr.state_dicts import WeightsError, generator_from_state, load_generator, read_state_dict
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint cannot be found, read, or does not fit the network."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,188 +114,10 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
 }
 PACKAGED_DIR = Path(__file__).parent / "models"
 
-# Wrappers under which the ecosystem stores generator weights, most specific first
-# (``net_g_ema``: a medsr training checkpoint).
-_WRAPPER_KEYS = ("net_g_ema", "params_ema", "params", "state_dict")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def medsr_home() -> Path:
-    """The folder for cached weights: ``$MEDSR_HOME`` or the user's cache folder."""
-    if os.environ.get("MEDSR_HOME"):
-        return Path(os.environ["MEDSR_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "medsr"
 
 
 def cached_path(spec: ModelSpec) -> Path:
     return medsr_home() / "models" / f"{spec.name}.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading checkpoints
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read generator weights from ``.pth``/``.pt`` (weights only) or ``.safetensors``.
-
-    Unwraps ``params_ema``, ``params`` or ``state_dict`` and strips ``module.`` / ``_orig_mod.``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
-            raw = load_file(path)  # offsets in the header are checked against the file's size
-        else:
-            raw = _torch_load(path)
-    except Exception as exc:  # the libraries raise many types for a bad file
-        raise WeightsError(f"{path}: cannot read checkpoint: not a PyTorch or safetensors file of tensors, or "
-                           f"damaged ({type(exc).__name__}: {exc})") from None
-    return unwrap_state_dict(raw, source=path)
-
-
-def _torch_load(path: Path) -> object:
-    """Weights only, memory-mapped: a small file that declares huge tensors cannot make us allocate
-    them (the mapping must fit the file). Files of the legacy format cannot be mapped."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def unwrap_state_dict(raw: object, *, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
-    """Pick the generator weights out of a loaded checkpoint object and normalise key names."""
-    if isinstance(raw, dict):
-        for key in _WRAPPER_KEYS:
-            if isinstance(raw.get(key), dict):
-                raw = raw[key]
-                break
-    if not isinstance(raw, dict) or not raw:
-        raise WeightsError(f"{source}: holds no state dict of tensors")
-    state = {}
-    for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{source}: entry {key!r} is not a tensor")
-        for prefix in _PREFIXES:
-            key = key.removeprefix(prefix)
-        state[key] = value
-    return state
-
-
-def check_fits(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str | Path) -> None:
-    """Raise a WeightsError naming the first tensor that is missing, unexpected, misshapen or not finite."""
-    expected = net.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise WeightsError(f"{source}: missing tensor {key!r}")
-        if state[key].shape != tensor.shape:
-            raise WeightsError(
-                f"{source}: tensor {key!r} has shape {tuple(state[key].shape)}, "
-                f"the network needs {tuple(tensor.shape)}"
-            )
-        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
-            raise WeightsError(f"{source}: tensor {key!r} holds NaN or infinite values")
-    for key in state:
-        if key not in expected:
-            raise WeightsError(f"{source}: unexpected tensor {key!r}")
-
-
-def load_generator(path: str | Path, *, preset: str | None = None) -> RRDBNet:
-    """Build an RRDBNet for the checkpoint at ``path`` and load it strictly (CPU, eval mode).
-
-    With ``preset``, the weights must fit that preset; otherwise the shape is read from the file.
-    """
-    return _generator(read_state_dict(path), source=path, preset=preset)
-
-
-def _generator(state: dict[str, torch.Tensor], *, source: str | Path, preset: str | None = None) -> RRDBNet:
-    try:
-        net = rrdbnet(preset) if preset else rrdbnet_from_state_dict(state)
-    except ValueError as exc:
-        raise WeightsError(f"{source}: {exc}") from None
-    check_fits(net, state, source=source)
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return net.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# ncnn conversion
-
-
-_NCNN_FP16_TAG = 0x01306B47
-
-
-def _ncnn_convolutions(param_path: Path) -> Iterator[tuple[str, int, int, bool, int]]:
-    """Yield (layer name, out channels, kernel size, has bias, weight count) per Convolution."""
-    lines = param_path.read_text().splitlines()
-    if not lines or lines[0].strip() != "7767517":
-        raise WeightsError(f"{param_path}: not an ncnn .param file (bad magic line)")
-    for line in lines[2:]:
-        fields = line.split()
-        if not fields or fields[0] != "Convolution":
-            continue
-        n_in, n_out = int(fields[2]), int(fields[3])
-        params = dict(f.split("=", 1) for f in fields[4 + n_in + n_out :])
-        kernel = int(params.get("1", 1))
-        yield fields[1], int(params["0"]), kernel, params.get("5", "0") == "1", int(params["6"])
-
-
-def convert_ncnn(param_path: str | Path, bin_path: str | Path, net: RRDBNet) -> dict[str, torch.Tensor]:
-    """Read an ncnn RRDBNet (.param + .bin) into a state dict with ``net``'s names.
-
-    ncnn lists the convolutions in module definition order. Per convolution the .bin holds a
-    4-byte storage tag (fp16 or fp32), the weights (padded to 4 bytes), then fp32 bias, untagged.
-    """
-    param_path, bin_path = Path(param_path), Path(bin_path)
-    data = bin_path.read_bytes()
-    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    names = {id(m): name for name, m in net.named_modules()}
-    layers = list(_ncnn_convolutions(param_path))
-    if len(layers) != len(convs):
-        raise WeightsError(f"{param_path}: {len(layers)} convolutions, the network has {len(convs)}")
-    state, offset = {}, 0
-    for conv, (layer, out_ch, kernel, has_bias, count) in zip(convs, layers, strict=True):
-        name = names[id(conv)]
-        if conv.weight.numel() != count or conv.out_channels != out_ch or conv.kernel_size[0] != kernel:
-            raise WeightsError(f"{param_path}: layer {layer} does not fit {name}.weight")
-        if offset + 4 > len(data):
-            raise WeightsError(f"{bin_path}: file ends before the weights of {name}")
-        tag = int.from_bytes(data[offset : offset + 4], "little")
-        offset += 4
-        dtype = {_NCNN_FP16_TAG: np.float16, 0: np.float32}.get(tag)
-        if dtype is None:
-            raise WeightsError(f"{bin_path}: unsupported storage tag {tag:#x} for {name}.weight")
-        nbytes = count * np.dtype(dtype).itemsize
-        weight = np.frombuffer(data, dtype, count, offset) if offset + nbytes <= len(data) else None
-        if weight is None:
-            raise WeightsError(f"{bin_path}: file ends inside the weights of {name}")
-        offset += (nbytes + 3) // 4 * 4
-        state[f"{name}.weight"] = torch.from_numpy(weight.astype(np.float32)).view(conv.weight.shape)
-        if has_bias:
-            if offset + 4 * out_ch > len(data):
-                raise WeightsError(f"{bin_path}: file ends inside the bias of {name}")
-            bias = np.frombuffer(data, np.float32, out_ch, offset)
-            state[f"{name}.bias"] = torch.from_numpy(bias.copy())
-            offset += 4 * out_ch
-    if offset != len(data):
-        raise WeightsError(f"{bin_path}: {len(data) - offset} bytes left over after the last layer")
-    check_fits(net, state, source=bin_path)
-    return state
-
-
-def ncnn_files(spec: ModelSpec) -> tuple[Path, Path] | None:
-    """The installed ncnn copy of ``spec``, found without importing its package (it links Vulkan)."""
-    if not spec.ncnn_package or not spec.ncnn_model:
-        return None
-    found = importlib.util.find_spec(spec.ncnn_package)
-    if found is None or not found.submodule_search_locations:
-        return None
-    models = Path(list(found.submodule_search_locations)[0]) / "models"
-    param, bin_ = models / f"{spec.ncnn_model}.param", models / f"{spec.ncnn_model}.bin"
-    return (param, bin_) if param.is_file() and bin_.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,33 +158,6 @@ def _cache_intact(target: Path) -> bool:
     target.unlink(missing_ok=True)
     sidecar.unlink(missing_ok=True)
     return False
-
-
-def offline() -> bool:
-    """``MEDSR_OFFLINE=1`` (or true, yes): nothing is downloaded."""
-    return os.environ.get("MEDSR_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-def download(url: str, target: Path, *, sha256: str | None, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``target`` through a temporary file, with a progress bar; a file whose
-    SHA-256 is not ``sha256`` is refused (WeightsError) and nothing is written. ``sha256=None`` only
-    for files checked otherwise."""
-
-    def fetch_to(tmp: Path) -> None:
-        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-
-    def check_digest(tmp: Path) -> None:
-        found = files.sha256(tmp)
-        if sha256 is not None and found != sha256:
-            raise WeightsError(f"{url}: the downloaded file's SHA-256 is {found}, not the {sha256} recorded in "
-                               "medsr; refused (a changed or damaged file)")
-
-    files.write_atomic(target, fetch_to, verify=check_digest)
 
 
 def _download_verified(spec: ModelSpec, target: Path) -> Path:
@@ -471,7 +258,7 @@ def _load_file(path: Path) -> SRModel:
     architecture."""
     state = read_state_dict(path)
     if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
-        net = _generator(state, source=path)
+        net = generator_from_state(state, source=path)
         return describe_rrdbnet(net, name=path.name, sources=((path, files.sha256(path)),))
     try:
         return load_foreign(state, source=path, sha256=files.sha256(path))
@@ -509,63 +296,3 @@ def _blend(modality: str, fidelity: float) -> SRModel:
     return replace(faithful, name=f"{modality} (fidelity {fidelity:g})", sources=faithful.sources + sharp.sources)
 
 
-# ---------------------------------------------------------------------------------------------
-# Training networks: discriminator and VGG19
-
-
-VGG19_FILE = "vgg19-dcbb9e9d.pth"
-VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
-# torchvision's ImageNet VGG19 (574,673,361 bytes); its name carries the first 8 digits
-VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
-
-
-def load_discriminator(path: str | Path, *, preset: str = "x4plus") -> UNetDiscriminatorSN:
-    """A U-Net discriminator from a checkpoint in the official layout (``params``, spectral-norm
-    ``weight_orig`` / ``weight_u`` / ``weight_v``)."""
-    net = unet_discriminator(preset)
-    state = read_state_dict(path)
-    check_fits(net, state, source=path)
-    net.load_state_dict(state, strict=True)
-    return net
-
-
-def vgg19_candidates() -> list[Path]:
-    """Where VGG19 ImageNet weights are looked for: torch hub's cache, then medsr's."""
-    return [Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE, medsr_home() / "models" / VGG19_FILE]
-
-
-def load_vgg19(path: str | Path | None = None, *, layers: tuple[str, ...], online: bool | None = None
-               ) -> VGG19Features:
-    """VGG19 features with torchvision's ImageNet weights (``vgg19-dcbb9e9d.pth``).
-
-    Looks at ``path`` if given, else the caches, else downloads (unless offline); never falls back
-    to random weights.
-    """
-    if path is not None:
-        found = Path(path)
-        if not found.is_file():
-            raise WeightsError(f"{found}: VGG19 weights file not found")
-    else:
-        found = next((p for p in vgg19_candidates() if p.is_file()), None)
-        if online is None:
-            online = not offline()
-        if found is None and online:
-            target = vgg19_candidates()[1]
-            try:
-                download(VGG19_URL, target, sha256=VGG19_SHA256)
-                found = target
-            except (urllib.error.URLError, OSError) as exc:
-                looked = ", ".join(str(p) for p in vgg19_candidates())
-                raise WeightsError(f"VGG19 weights {VGG19_FILE} not found (looked in {looked}) and the download "
-                                   f"failed ({exc}); place the file there, set loss.vgg_weights, or set "
-                                   f"loss.perceptual_weight=0 to train without the perceptual loss") from None
-        if found is None:
-            looked = ", ".join(str(p) for p in vgg19_candidates())
-            raise WeightsError(f"VGG19 weights {VGG19_FILE} not found (looked in {looked}; offline); place the "
-                               f"file there, set loss.vgg_weights, or set loss.perceptual_weight=0")
-    vgg = VGG19Features(layers=layers)
-    state = read_state_dict(found)
-    features = {k: v for k, v in state.items() if k.startswith("features.") and k in vgg.state_dict()}
-    check_fits(vgg, features, source=found)
-    vgg.load_state_dict(features, strict=True)
-    return vgg
