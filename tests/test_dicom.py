@@ -7,7 +7,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -20,7 +19,7 @@ from medsr.dicom import StoredRange, parse_window
 from medsr.image import ImageError, ReadOptions
 from medsr.io import read_image, write_image
 
-from .conftest import random_image, shared_image
+from .conftest import random_image
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -66,9 +65,9 @@ def make_dicom(path, stored: np.ndarray, *, photometric="MONOCHROME1", bits_stor
 
 @pytest.fixture
 def cxr12(tmp_path):
-    """A 12-bit MONOCHROME1 chest X-ray built from a shared NIH image (64x64, inverted)."""
-    with PILImage.open(shared_image("cxr/NIH-ChestXray14/val/00000404_000.png")) as im:
-        gray = np.asarray(im.convert("L").resize((64, 64), PILImage.Resampling.LANCZOS)).astype(np.uint16)
+    """A 12-bit MONOCHROME1 'chest X-ray' (64x64, a smooth generated image, inverted): the DICOM
+    tests need no shared data."""
+    gray = random_image(64, 64, 1, seed=3).squeeze().astype(np.uint16)
     stored = 4095 - gray * 16  # MONOCHROME1: high stored values display dark
     make_dicom(tmp_path / "cxr12.dcm", stored)
     return tmp_path / "cxr12.dcm", stored
