@@ -30,3 +30,12 @@ def test_statistics_compare_every_model_with_the_reference():
     assert "vs_reference" not in table["bicubic"]["psnr"]
     entry = table["model"]["psnr"]["vs_reference"]
     assert math.isclose(entry["difference"], 0.5) and entry["wins"] == 2 and entry["ci95"] == [0.5, 0.5]
+
+
+def test_bootstrap_keeps_the_values_of_the_hand_written_version():
+    """Regression: the interval medsr's own resampling gave for these values (before scipy did the
+    work, commit d8df07e): 2,000 resamples of the images, seed 0, 2.5th and 97.5th percentiles."""
+    values = np.random.default_rng(1).normal(0.3, 0.2, 14)
+    low, high = stats.bootstrap_interval(values)
+    assert math.isclose(low, 0.2589838733725327, abs_tol=1e-12) and math.isclose(high, 0.38595253751616077,
+                                                                                  abs_tol=1e-12)
