@@ -156,6 +156,7 @@ def test_two_foreign_architectures_load_and_upscale(tmp_path, capsys):
     assert (compact.architecture, compact.scale, compact.exact_tiles) == ("RealESRGAN Compact", 4, False)
     assert (swinir.architecture, swinir.scale, swinir.precisions[0]) == ("SwinIR", 2, "fp32")
     assert compact.sources[0][0] == tmp_path / "compact.pth" and len(compact.sources[0][1]) == 64
+    assert (compact.tiling, swinir.tiling) == ("supported", "discouraged")  # spandrel's advice, carried over
     lq = torch.rand(3, 30, 27)
     for model in (compact, swinir):
         whole = upscale_tensor(model, lq, tile=0, device="cpu")
@@ -201,3 +202,25 @@ def test_swinir_tiles_stay_close_to_the_whole_pass(tmp_path):
     whole = upscale_tensor(model, lq, tile=0, device="cpu")
     tiled = upscale_tensor(model, lq, tile=24, context=12, overlap=8, device="cpu")
     assert (tiled - whole).abs().max() * 255 <= 2
+
+
+@pytest.mark.parametrize("tiling, tile, whole", [("supported", 16, False), ("discouraged", None, True),
+                                                 ("discouraged", 16, False), ("internal", 16, True)])
+def test_spandrels_tiling_advice_is_followed(tiling, tile, whole):
+    """An architecture that tiles itself ("internal") always sees the whole image; one whose tiles
+    change the output ("discouraged") sees it whole unless a tile size is asked for."""
+    from medsr.infer import upscale_tensor
+    from medsr.model import SRModel
+
+    seen = []
+
+    class Nearest(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    model = SRModel(module=Nearest(), scale=2, name="nearest", architecture="Nearest", tiling=tiling)
+    out = upscale_tensor(model, torch.rand(3, 100, 90), tile=tile, context=8, overlap=4, device="cpu",
+                         precision="fp32", budget_bytes=1 << 30)
+    assert out.shape == (3, 200, 180)
+    assert (seen == [(100, 90)]) is whole, seen

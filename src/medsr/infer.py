@@ -333,7 +333,11 @@ def upscale_tensor(
     device = devices.pick_device(device)
     dtype = pick_precision(precision, device, model)
     budget = budget_bytes or memory_budget(device)
-    if tile is None:
+    if model.tiling == "internal" or (model.tiling == "discouraged" and tile is None):
+        if tile:
+            log.warning("%s tiles its input itself (spandrel): tile %d is not used", model.architecture, tile)
+        tile = 0  # spandrel's advice for the architecture: the whole image at once
+    elif tile is None:
         tile = auto_tile(budget, dtype, context=context, bytes_per_pixel=bytes_per_pixel(model))
     elif 0 < tile < 2 * context and tile < max(lq.shape[1:]):
         log.warning("tile %d with %d pixels of context on each side: most of the work is context (%.0fx the "

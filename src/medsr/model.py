@@ -17,6 +17,7 @@ from torch import nn
 from medsr.nets.rrdbnet import RRDBNet
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16")
+TILING = ("supported", "discouraged", "internal")  # spandrel's ModelTiling, in lower case
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,9 @@ class SRModel:
     # empty for a module built in memory
     sources: tuple[tuple[Path, str], ...] = ()
     domain: Domain | None = None  # what it was trained on, where known
+    # spandrel's advice for the architecture: "supported"; "discouraged" (tiles change the output: the
+    # automatic choice runs the whole image); "internal" (the network tiles itself: never tiled here)
+    tiling: str = "supported"
 
     def __post_init__(self) -> None:
         if not isinstance(self.module, nn.Module):
@@ -81,6 +85,8 @@ class SRModel:
                              "models that take and give 1 (gray) or 3 (RGB) channels")
         if self.size_multiple < 1 or self.min_size < 0:
             raise ValueError(f"size_multiple {self.size_multiple} and min_size {self.min_size}: need >= 1 and >= 0")
+        if self.tiling not in TILING:
+            raise ValueError(f"tiling {self.tiling!r}: one of {', '.join(TILING)}")
         unknown = set(self.precisions) - set(ALL_PRECISIONS)
         if unknown or "fp32" not in self.precisions:
             raise ValueError(f"precisions {self.precisions}: fp32 and any of bf16, fp16")
@@ -179,6 +185,7 @@ def load_foreign(state: dict[str, torch.Tensor], *, source: Path, sha256: str) -
         return SRModel(module=_SpandrelModule(descriptor).eval(), scale=descriptor.scale, name=source.name,
                        architecture=descriptor.architecture.name, in_channels=descriptor.input_channels,
                        out_channels=descriptor.output_channels, size_multiple=needs.multiple_of,
-                       min_size=needs.minimum, precisions=precisions, sources=((source, sha256),))
+                       min_size=needs.minimum, precisions=precisions, sources=((source, sha256),),
+                       tiling=descriptor.tiling.name.lower())
     except ValueError as exc:
         raise ValueError(f"{source}: {descriptor.architecture.name}: {exc}") from None
