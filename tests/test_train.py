@@ -206,3 +206,25 @@ def test_fidelity_presets_are_pixel_only():
         assert config.degrade.sharpen.weight == 0  # the target is the true ground truth
     with pytest.raises(ValueError, match="init_d"):
         build_config(overrides=("loss.gan_weight=0", "model.init_d=netD.pth"))
+
+
+@pytest.mark.slow
+def test_finetuning_starts_from_the_published_generator(x4plus, train_dir, tmp_path, monkeypatch):
+    """The paper's recipe: init_g=realesrgan-x4plus. The run's generator and its EMA start as the
+    published weights, and a step moves the generator away from them, a little."""
+    from medsr.train import init_pretrained
+
+    monkeypatch.setenv("MEDSR_OFFLINE", "1")  # the ncnn copy, converted (as the x4plus fixture did)
+    config = build_config(overrides=("model.preset=x4plus", "model.init_g=realesrgan-x4plus", "model.d_warmup_iters=0",
+                                     "loss.perceptual_weight=0", "loss.gan_weight=0", "data.batch_size=1",
+                                     "data.pool_size=1", "data.gt_size=32", "run.iterations=1",
+                                     f"data.train={train_dir}"))
+    run = build(config, tmp_path / "run")
+    init_pretrained(run)
+    published = x4plus.module.state_dict()
+    assert all(torch.equal(run.net_g.state_dict()[k], v) for k, v in published.items())
+    assert all(torch.equal(run.net_g_ema.state_dict()[k], v) for k, v in published.items())
+    logs, _, _ = train_step(run)
+    assert np.isfinite(logs["l_pix"])
+    moved = max((run.net_g.state_dict()[k] - v).abs().max().item() for k, v in published.items())
+    assert 0 < moved < 1e-2  # one Adam step of 2e-4 per weight at most, roughly
