@@ -29,15 +29,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The foreign-architecture tests (spandrel, medsr[zoo]) in an environment of their own: spandrel needs
-# torchvision built for the installed torch, and the package index's pair (torch + torchvision, CUDA
-# builds, about 5 GB) is the one that is always to be had. Local wheel folders in pip's configuration
-# (a CPU torch) are left out here, so that the pair matches.
+# The tests marked zoo (spandrel's architectures, LPIPS) in an environment of their own: spandrel and
+# lpips need torchvision built for the installed torch, and the package index's pair (torch +
+# torchvision, CUDA builds, about 5 GB) is the one that is always to be had. Local wheel folders in
+# pip's configuration (a CPU torch) are left out here, so that the pair matches.
 ZOO_VENV ?= .venv-zoo
 
 $(ZOO_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(ZOO_VENV)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" pytest
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" lpips pytest
 	touch $@
 
 test-zoo: $(ZOO_VENV)/.installed

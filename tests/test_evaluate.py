@@ -278,3 +278,36 @@ def test_retina_rows_have_the_anatomy_and_thin_vessel_measures(tmp_path):
     assert rows["corner-wrong"]["psnr_inside"] == rows["bicubic"]["psnr_inside"]
     assert 0.5 < rows["bicubic"]["thin_vessel_auc"] <= 1
     assert rows["ground truth"]["thin_vessel_auc"] > 0.9
+
+
+@pytest.mark.zoo
+def test_lpips_column_where_its_package_and_weights_are_present(tmp_path, monkeypatch, capsys):
+    """The LPIPS plumbing: with the lpips package and an AlexNet file in torch hub's cache, the column
+    is computed (0 for the ground truth itself, finite and positive otherwise). The ImageNet AlexNet
+    cannot be downloaded here: a randomly initialised one in torchvision's layout stands in, so the
+    values are not LPIPS's published ones. `make test-zoo` runs this (lpips needs torchvision)."""
+    lpips = pytest.importorskip("lpips", reason="the lpips package is not installed; `make test-zoo` has it")
+    torchvision = pytest.importorskip("torchvision")
+    from medsr import evaluate as ev
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    score, status = ev.lpips_metric()
+    assert score is None and ev.ALEXNET_FILE in status  # no weights: unavailable, and why
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    import torch
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / ev.ALEXNET_FILE)
+    score, status = ev.lpips_metric()
+    assert status == "computed: LPIPS (AlexNet)" and lpips is not None
+    gt = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    assert score(gt, gt) == pytest.approx(0, abs=1e-6)
+    assert score(np.clip(gt + 0.2, 0, 1), gt) > 0
+    data = tmp_path / "data"
+    data.mkdir()
+    PILImage.fromarray(random_image(512, 512, 3)).save(data / "a.png")
+    assert main(["evaluate", str(data), "--protocol", "retina-x2", "--baselines", "bicubic", "--reference", "bicubic",
+                 "--figures", "0", "-o", str(tmp_path / "report")]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["settings"]["LPIPS"] == "computed: LPIPS (AlexNet)"
+    assert summary["summary"]["bicubic"]["lpips"] > 0
