@@ -41,7 +41,7 @@ $(ZOO_VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test-zoo: $(ZOO_VENV)/.installed
-	$(ZOO_VENV)/bin/python -c "import spandrel"  # fails loudly, never a silent skip
+	$(ZOO_VENV)/bin/python -c "import spandrel, lpips"  # fails loudly, never a silent skip
 	$(ZOO_VENV)/bin/python -m pytest -q -m zoo
 
 test-fast: setup
