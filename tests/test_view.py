@@ -1,0 +1,325 @@
+"""`medsr view` and `medsr study`: the apps' answers (Starlette's test client), the study file, and the
+pages in a real browser (Debian's headless Chromium through Selenium and chromium-driver).
+
+Set ``MEDSR_SCREENSHOTS=docs/images`` to write the browser tests' screenshots there (the docs' ones
+were made so)."""
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from starlette.testclient import TestClient
+
+from medsr import study, view, web
+from medsr.cli import main
+
+from .conftest import random_image
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def folders(tmp_path, names=("a", "b", "c")):
+    """inputs/ (40x32 RGB), outputs/ and outputs2/ (x4, 160x128), references/ (160x128), and a 16-bit gray pair."""
+    for folder in ("inputs", "outputs", "outputs2", "references"):
+        (tmp_path / folder).mkdir()
+    for i, name in enumerate(names):
+        PILImage.fromarray(random_image(32, 40, 3, seed=i)).save(tmp_path / "inputs" / f"{name}.png")
+        big = random_image(128, 160, 3, seed=i).astype(int)
+        for folder, shift in (("references", 0), ("outputs", 6), ("outputs2", -30)):
+            PILImage.fromarray(np.clip(big + shift, 0, 255).astype(np.uint8)).save(tmp_path / folder / f"{name}.png")
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------
+# The viewer's answers
+
+
+def test_layers_are_matched_by_name_and_rendered_with_a_window(tmp_path):
+    data = folders(tmp_path)
+    gray = np.array([[0, 1000], [3000, 4095]], np.uint16)
+    (tmp_path / "gray").mkdir()
+    PILImage.fromarray(gray).save(tmp_path / "gray" / "g.png")  # 16-bit
+    collection = view.open_collection([data / "inputs", data / "outputs"])
+    assert [layer.name for layer in collection.layers] == ["inputs", "outputs"]
+    assert [(i.name, [f.name for f in i.files]) for i in collection.items] == [
+        ("a", ["a.png", "a.png"]), ("b", ["b.png", "b.png"]), ("c", ["c.png", "c.png"])]
+    client = TestClient(web.viewer_app(view.open_collection([tmp_path / "gray" / "g.png"])))
+    info = client.get("/api/info/0/0").json()
+    assert (info["width"], info["height"]) == (2, 2)
+    assert (info["min"], info["max"]) == pytest.approx((0, 4095), abs=1e-3)  # its values, in 16-bit levels
+    response = client.get("/api/image/0/0", params={"low": 1000, "high": 3000})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    rendered = np.asarray(PILImage.open(__import__("io").BytesIO(response.content)))
+    # window 1000..3000 over 0..255: 0 and 1000 black, 3000 and above white (values outside it clip on screen only)
+    np.testing.assert_array_equal(rendered, [[0, 0], [255, 255]])
+    assert client.get("/api/image/0/0", params={"low": 5, "high": 5}).status_code == 400
+
+
+def test_nothing_outside_the_opened_folders_can_be_read(tmp_path):
+    data = folders(tmp_path)
+    (tmp_path / "secret.png").write_bytes((data / "inputs" / "a.png").read_bytes())
+    client = TestClient(web.viewer_app(view.open_collection([data / "inputs"])))
+    for attempt in ("/api/image/0/0/../../../secret.png", "/api/image/..%2F..%2Fsecret.png/0",
+                    "/api/image/9/0", "/api/image/0/5", "/api/image/-1/0", "/../secret.png",
+                    "/api/map/0/0/../../secret.png", "/api/info/0/0?path=../secret.png"):
+        response = client.get(attempt)
+        assert response.status_code in (400, 404) or response.json()["width"] == 40, attempt
+    assert client.get("/api/map/0/0/other", params={"source": 0}).status_code == 400
+
+
+def test_another_interface_needs_the_token(tmp_path):
+    data = folders(tmp_path)
+    assert web.token_for("127.0.0.1") is None and web.token_for("::1") is None and web.token_for("localhost") is None
+    token = web.token_for("0.0.0.0")
+    assert token and len(token) >= 24 and web.token_for("0.0.0.0") != token  # random each time
+    client = TestClient(web.viewer_app(view.open_collection([data / "inputs"]), token=token))
+    assert client.get("/api/items").status_code == 403
+    assert client.get("/api/items", params={"token": "wrong"}).status_code == 403
+    assert client.get("/", params={"token": token}).status_code == 200
+    assert client.get("/api/items").status_code == 200  # the cookie set by the first answer
+
+
+def test_the_maps_and_the_dial(tmp_path, tiny_pair):
+    data = folders(tmp_path)
+    client = TestClient(web.viewer_app(view.open_collection([data / "inputs", data / "outputs"])))
+    detail = client.get("/api/map/0/1/detail", params={"source": 0})
+    consistency = client.get("/api/map/0/1/consistency", params={"source": 0})
+    assert PILImage.open(__import__("io").BytesIO(detail.content)).size == (160, 128)  # at the output's size
+    assert PILImage.open(__import__("io").BytesIO(consistency.content)).size == (40, 32)  # at the input's
+    sharp, faithful = (client.get("/api/dial/0/0", params={"f": f, "x": 4, "y": 4, "w": 16, "h": 12}) for f in (0, 1))
+    assert sharp.status_code == faithful.status_code == 200 and sharp.content != faithful.content
+    assert PILImage.open(__import__("io").BytesIO(sharp.content)).size == (64, 48)  # x4 of the region
+    assert client.get("/api/dial/0/0", params={"f": 2, "x": 0, "y": 0, "w": 8, "h": 8}).status_code == 400
+    assert client.get("/api/dial/0/0", params={"f": 1, "x": 99, "y": 0, "w": 8, "h": 8}).status_code == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# The study file
+
+
+def test_a_study_is_randomised_with_its_seed_and_keeps_its_answers(tmp_path):
+    data = folders(tmp_path)
+    methods = {"good": data / "outputs", "dark": data / "outputs2"}
+    count = study.build(methods, tmp_path / "s.sqlite", reference=data / "references", regions=2, size=32, seed=7)
+    assert count == 3 * 2  # three images, two regions, one pair of methods
+    again = study.build(methods, tmp_path / "s2.sqlite", reference=data / "references", regions=2, size=32, seed=7)
+    rows = [sqlite3.connect(p).execute("SELECT image, x, y, left_method FROM questions ORDER BY position").fetchall()
+            for p in (tmp_path / "s.sqlite", tmp_path / "s2.sqlite")]
+    assert again == count and rows[0] == rows[1]  # the seed gives the same study
+    assert {r[3] for r in rows[0]} == {"good", "dark"}  # each side holds each method sometimes
+    with pytest.raises(ValueError, match="already exists"):
+        study.build(methods, tmp_path / "s.sqlite")
+    first, done, total = study.next_question(tmp_path / "s.sqlite", "Ann")
+    assert (first.number, done, total) == (1, 0, 6)
+    assert study.crop(tmp_path / "s.sqlite", first.id, "left").shape == (3, 32, 32)
+    study.answer(tmp_path / "s.sqlite", reader="Ann", question_id=first.id, choice="left")
+    with pytest.raises(ValueError, match="answered already"):
+        study.answer(tmp_path / "s.sqlite", reader="Ann", question_id=first.id, choice="right")
+    assert study.next_question(tmp_path / "s.sqlite", "Ann")[0].number == 2  # she resumes where she stopped
+    with pytest.raises(ValueError, match="1 to 5"):
+        study.answer(tmp_path / "s.sqlite", reader="Bo", question_id=first.id, choice="left", artefacts={"left": 9})
+
+
+def test_results_by_hand(tmp_path):
+    """Two readers, four questions: Ann prefers 'good' every time, Bo three times in four."""
+    data = folders(tmp_path, names=("a", "b"))
+    path = tmp_path / "s.sqlite"
+    study.build({"good": data / "outputs", "dark": data / "outputs2"}, path, regions=2, size=32, seed=1)
+    questions = [study.question(path, i) for i in range(1, 5)]
+    for q in questions:
+        good_side = "left" if q.left == "good" else "right"
+        other = "right" if good_side == "left" else "left"
+        study.answer(path, reader="Ann", question_id=q.id, choice=good_side)
+        study.answer(path, reader="Bo", question_id=q.id, choice=good_side if q.id != 4 else other)
+    found = study.results(path)
+    assert found["pooled"]["good"]["preferred"] == 7 and found["pooled"]["good"]["shown"] == 8
+    assert found["per_reader"]["Ann"]["good"]["share"] == 1.0 and found["per_reader"]["Bo"]["good"]["share"] == 0.75
+    # Wilson interval of 7/8 (z = 1.96): 0.529 .. 0.978, worked out by hand from the formula
+    low, high = found["pooled"]["good"]["ci95"]
+    assert low == pytest.approx(0.5291, abs=1e-3) and high == pytest.approx(0.9776, abs=1e-3)
+    [pair] = found["agreement"]
+    # same choice on 3 of 4; Ann always 'good', so chance agreement = 1 x 0.75: kappa = (0.75 - 0.75) / 0.25 = 0
+    assert pair["agreement"] == 0.75 and pair["kappa"] == pytest.approx(0.0)
+    page = study.write_results(path, tmp_path / "results")
+    assert "<svg" in page.read_text()
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["answers"] == 8
+
+
+def test_study_commands(tmp_path, capsys):
+    data = folders(tmp_path)
+    out = tmp_path / "study.sqlite"
+    assert main(["study", "build", "--method", f"good={data / 'outputs'}", "--method", f"dark={data / 'outputs2'}",
+                 "--reference", str(data / "references"), "--regions", "1", "--size", "32", "-o", str(out)]) == 0
+    assert "3 questions (seed 0)" in capsys.readouterr().out
+    assert main(["study", "build", "--method", "only", "-o", str(tmp_path / "x.sqlite")]) == 2
+    assert main(["study", "results", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no such study file" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "nothing-here")]) == 2
+    assert main(["view", str(data / "inputs"), "--port", "0"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real browser
+
+
+@contextmanager
+def serving(app):
+    """The app on a free port of 127.0.0.1, in a thread of this process."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("the browser tests need Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(argument)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script, timeout=60):
+    """Poll a JavaScript expression until it is true."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {script}"))
+
+
+def set_value(driver, element, value, event):
+    """Set a control's value as a person would, and fire the event the page listens to."""
+    driver.execute_script(f"const e = document.getElementById('{element}'); e.value = '{value}'; "
+                          f"e.dispatchEvent(new Event('{event}'))")
+
+
+def screenshot(driver, name):
+    folder = os.environ.get("MEDSR_SCREENSHOTS")
+    if folder:
+        driver.save_screenshot(str(Path(folder) / name))
+
+
+def test_viewer_in_a_browser_zooms_together_and_moves_the_dial(tmp_path, tiny_pair, browser):
+    data = folders(tmp_path)
+    with serving(web.viewer_app(view.open_collection([data / "inputs", data / "outputs", data / "references"]))) as url:
+        browser.get(url)
+        loaded = "[...document.querySelectorAll('.panel img')].every(i => i.complete && i.naturalWidth > 0)"
+        wait_for(browser, f"document.querySelectorAll('.panel img').length === 3 && {loaded}")
+        before = browser.find_element("id", "zoom-level").text
+        browser.find_element("id", "zoom-in").click()
+        after = browser.find_element("id", "zoom-level").text
+        assert int(after.rstrip("%")) == 2 * int(before.rstrip("%"))
+        transforms = browser.execute_script("return [...document.querySelectorAll('.panel img')]"
+                                            ".map(i => i.style.transform)")
+        assert len(set(transforms)) == 1  # one view for every panel: zoomed and panned together
+        set_value(browser, "dial", "0.5", "input")
+        wait_for(browser, "document.getElementById('dial-image').dataset.fidelity === '0.5' && "
+                          "document.getElementById('dial-image').naturalWidth > 0")
+        set_value(browser, "low", "50", "change")
+        windowed = "[...document.querySelectorAll('.panel img')].every(i => i.src.includes('low=50'))"
+        wait_for(browser, f"{windowed} && {loaded}")
+        set_value(browser, "mode", "swipe", "change")
+        wait_for(browser, f"document.getElementById('swipe-top') !== null && {loaded}")
+        screenshot(browser, "viewer-swipe.png")
+
+
+def test_study_in_a_browser_lands_in_sqlite_and_in_the_results(tmp_path, browser):
+    data = folders(tmp_path)
+    path = tmp_path / "study.sqlite"
+    study.build({"good": data / "outputs", "dark": data / "outputs2"}, path, reference=data / "references",
+                regions=1, size=64, seed=3)
+    with serving(web.study_app(path)) as url:
+        browser.get(url)
+        browser.find_element("id", "reader").send_keys("Reader One")
+        browser.find_element("id", "start").click()
+        for number in range(1, 4):
+            shown = "document.getElementById('right').complete && document.getElementById('right').naturalWidth > 0"
+            progress = f"document.getElementById('progress').textContent === 'question {number} of 3'"
+            wait_for(browser, f"{progress} && {shown}")
+            if number == 1:
+                screenshot(browser, "study-question.png")
+            browser.find_element("id", "choose-left" if number != 2 else "choose-right").click()
+        wait_for(browser, "!document.getElementById('done').hidden")
+    stored = sqlite3.connect(path).execute("SELECT reader, choice FROM answers ORDER BY rowid").fetchall()
+    assert stored == [("Reader One", "left"), ("Reader One", "right"), ("Reader One", "left")]
+    found = study.results(path)
+    assert found["answers"] == 3 and sum(v["preferred"] for v in found["pooled"].values()) == 3
+    page = study.write_results(path, tmp_path / "results")
+    browser.get(page.as_uri())
+    assert "3 answers to 3 questions by 1 reader(s)" in browser.find_element("tag name", "body").text
+    screenshot(browser, "study-results.png")
+
+
+def test_a_dicom_file_is_viewed_in_its_own_units_and_window():
+    from pydicom.data import get_testdata_file
+
+    client = TestClient(web.viewer_app(view.open_collection([get_testdata_file("CT_small.dcm")])))
+    info = client.get("/api/info/0/0").json()
+    assert info["modality"] == "CT" and info["unit"] == "HU" and (info["width"], info["height"]) == (128, 128)
+    # pydicom's own reading, through RescaleSlope and RescaleIntercept, gives the same HU range
+    dataset = __import__("pydicom").dcmread(get_testdata_file("CT_small.dcm"))
+    hu = dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    assert (info["min"], info["max"]) == pytest.approx((hu.min(), hu.max()), abs=0.5)
+    full = client.get("/api/image/0/0", params={"low": info["min"], "high": info["max"]}).content
+    narrow = client.get("/api/image/0/0", params={"low": 0, "high": 100}).content
+    assert full != narrow
+    soft = np.asarray(PILImage.open(__import__("io").BytesIO(narrow)))
+    np.testing.assert_array_equal(soft[hu < 0], 0)  # below the window: black
+    np.testing.assert_array_equal(soft[hu > 100], 255)  # above: white
+
+
+def test_the_viewer_on_the_bundled_examples(tmp_path, browser):
+    """What the README shows: the examples beside their Lanczos x4 (as an upscale output folder would
+    sit beside its inputs), zoomed to pixel level together. Makes docs/images/viewer.png."""
+    from dataclasses import replace
+
+    from medsr.io import image_files, read_image, write_image
+    from medsr.resize import resize_lanczos
+
+    examples = Path(__file__).parents[1] / "examples"
+    outputs = tmp_path / "lanczos-x4"
+    for path in image_files(examples):
+        image = read_image(path)
+        height, width = image.size
+        write_image(outputs / path.name, replace(image, pixels=resize_lanczos(image.pixels, 4 * height, 4 * width)))
+    with serving(web.viewer_app(view.open_collection([examples, outputs]))) as url:
+        browser.get(url)
+        loaded = "[...document.querySelectorAll('.panel img')].every(i => i.complete && i.naturalWidth > 0)"
+        wait_for(browser, f"document.querySelectorAll('.panel img').length === 2 && {loaded}")
+        names = browser.execute_script("return [...document.getElementById('item').options].map(o => o.text)")
+        assert names == ["cxr_00000404_000_lr", "cxr_00000404_000_lr16", "fundus_hrf_01_h_lr"]
+        set_value(browser, "item", "2", "change")
+        wait_for(browser, f"document.querySelectorAll('.panel img').length === 2 && {loaded}")
+        for _ in range(3):
+            browser.find_element("id", "zoom-in").click()
+        wait_for(browser, "document.getElementById('dial-image').naturalWidth > 0")
+        screenshot(browser, "viewer.png")
