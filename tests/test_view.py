@@ -323,3 +323,24 @@ def test_the_viewer_on_the_bundled_examples(tmp_path, browser):
             browser.find_element("id", "zoom-in").click()
         wait_for(browser, "document.getElementById('dial-image').naturalWidth > 0")
         screenshot(browser, "viewer.png")
+
+
+def test_a_study_from_an_evaluate_report(tmp_path, capsys):
+    """evaluate --save-outputs writes every image's outputs; study build --report asks about its models
+    with its ground truth as the reference; medsr view opens the same folders."""
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        PILImage.fromarray(random_image(512, 512, 3, seed=i)).save(tmp_path / "data" / f"eye{i}.png")
+    assert main(["evaluate", str(tmp_path / "data"), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
+                 "--reference", "bicubic", "--figures", "0", "--save-outputs", "-o", str(tmp_path / "report")]) == 0
+    outputs = tmp_path / "report" / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == ["LR", "bicubic", "ground truth", "lanczos"]
+    assert view.load(outputs / "ground truth" / "eye0.png").size == (512, 512)
+    assert main(["study", "build", "--report", str(tmp_path / "report"), "--regions", "2", "--size", "64",
+                 "-o", str(tmp_path / "s.sqlite")]) == 0
+    config = study.settings(tmp_path / "s.sqlite")
+    assert sorted(json.loads(config["methods"])) == ["bicubic", "lanczos"]
+    assert config["reference"].endswith("ground truth")
+    assert "4 questions" in capsys.readouterr().out  # 2 images x 2 regions x 1 pair
+    collection = view.open_collection([outputs / "LR", outputs / "bicubic", outputs / "ground truth"])
+    assert [i.name for i in collection.items] == ["eye0", "eye1"]

@@ -291,7 +291,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from medsr import __version__, stats
     from medsr import evaluate as ev
-    from medsr.report import markdown_table, paired_table, paper_comparison, write_report
+    from medsr.report import markdown_table, paired_table, paper_comparison, write_outputs, write_report
 
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
@@ -326,6 +326,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     results = []
     for result in ev.evaluate(share, models, options, on_error=report_error, on_step=bar.set_postfix_str):
+        if args.save_outputs:
+            write_outputs(args.output, result)
         results.append(result)
         bar.update()
     bar.close()
@@ -524,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="volume-x2: the slice axis (default: the largest spacing; isotropic volumes: 2)")
     ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0: all)")
     ev.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images")
+    ev.add_argument("--save-outputs", action="store_true",
+                    help="also write every image's ground truth, LR and outputs (16-bit PNG) under outputs/, "
+                         "for medsr view and medsr study build --report")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
     ev.add_argument("--tile", type=int, default=None, help="LR tile side (default: auto)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -552,8 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="a blinded reader study: build it, serve it, read its results")
     ssub = st.add_subparsers(dest="action", required=True, help="build, serve or results")
     sb = ssub.add_parser("build", help="questions from folders of outputs, randomised with a recorded seed")
-    sb.add_argument("--method", action="append", required=True, metavar="NAME=FOLDER",
+    sb.add_argument("--method", action="append", default=[], metavar="NAME=FOLDER",
                     help="a method and the folder of its outputs (two or more)")
+    sb.add_argument("--report", type=Path, default=None,
+                    help="an evaluate report written with --save-outputs: its models as the methods, its ground "
+                         "truth as the reference")
     sb.add_argument("--reference", default=None, help="folder of reference images shown beside each question")
     sb.add_argument("--regions", type=int, default=2, help="regions per image (default 2)")
     sb.add_argument("--size", type=int, default=128, help="region side in pixels (default 128)")
@@ -601,7 +609,10 @@ def run_study(args: argparse.Namespace) -> int:
     from medsr import study, web
 
     if args.action == "build":
-        methods = {}
+        methods, reference = {}, args.reference
+        if args.report:
+            methods, found = study.report_methods(args.report)
+            reference = reference or found
         for entry in args.method:
             name, eq, folder = entry.partition("=")
             if not eq or not name or not folder:
@@ -609,7 +620,7 @@ def run_study(args: argparse.Namespace) -> int:
             if name in methods:
                 raise ValueError(f"--method {name}: given twice")
             methods[name] = folder
-        count = study.build(methods, args.output, reference=args.reference, regions=args.regions, size=args.size,
+        count = study.build(methods, args.output, reference=reference, regions=args.regions, size=args.size,
                             seed=args.seed, question=args.question, allow_changes=args.allow_changes)
         print(f"wrote {args.output}: {count} questions (seed {args.seed})")
         return 0

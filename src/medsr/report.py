@@ -99,6 +99,20 @@ def write_csv(path: Path, results: list[Result]) -> None:
     write_atomic(path, text.getvalue().encode())
 
 
+OUTPUTS = "outputs"  # report folder: outputs/<model>/<image>.png, with "ground truth" and "LR" beside them
+
+
+def write_outputs(folder: Path, result: Result) -> None:
+    """The images behind one result as 16-bit PNGs: ``outputs/<model>/<image>.png`` for every model,
+    ``outputs/ground truth/`` and ``outputs/LR/`` (for `medsr view` and `medsr study build --report`)."""
+    from medsr.image import Image
+    from medsr.io import write_image
+
+    for name, pixels in {"ground truth": result.gt, "LR": result.lr, **result.outputs}.items():
+        write_image(folder / OUTPUTS / name / f"{result.sample.name}.png", Image(pixels=pixels, max_value=65535),
+                    overwrite=True)
+
+
 def region_of_difference(outputs: dict[str, np.ndarray], fraction: int = 6) -> tuple[int, int, int, int]:
     """(x, y, w, h) of the square window where the first two models differ most."""
     images = list(outputs.values())

@@ -50,6 +50,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def report_methods(report: str | Path) -> tuple[dict[str, Path], Path]:
+    """The models of an evaluate report written with ``save_outputs`` (name -> folder of outputs) and
+    its ground-truth folder."""
+    from medsr.report import OUTPUTS
+
+    found = Path(report) / OUTPUTS
+    if not found.is_dir():
+        raise ValueError(f"{report}: no {OUTPUTS}/ folder (write the report with medsr evaluate --save-outputs)")
+    methods = {f.name: f for f in sorted(found.iterdir()) if f.is_dir() and f.name not in ("ground truth", "LR")}
+    return methods, found / "ground truth"
+
+
 def build(methods: dict[str, str | Path], output: str | Path, *, reference: str | Path | None = None,
           regions: int = 2, size: int = 128, seed: int = 0, question: str = "reference",
           allow_changes: bool = False) -> int:
