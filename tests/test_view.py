@@ -129,6 +129,29 @@ def test_a_study_is_randomised_with_its_seed_and_keeps_its_answers(tmp_path):
         study.answer(tmp_path / "s.sqlite", reader="Bo", question_id=first.id, choice="left", artefacts={"left": 9})
 
 
+def test_two_readers_at_once_do_not_collide(tmp_path):
+    data = folders(tmp_path)
+    path = tmp_path / "s.sqlite"
+    total = study.build({"good": data / "outputs", "dark": data / "outputs2"}, path, regions=4, size=16)
+    errors = []
+
+    def read(reader):
+        try:
+            while (found := study.next_question(path, reader)[0]) is not None:
+                study.answer(path, reader=reader, question_id=found.id, choice="left")
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(name,)) for name in ("Ann", "Bo")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    counts = dict(sqlite3.connect(path).execute("SELECT reader, COUNT(*) FROM answers GROUP BY reader"))
+    assert counts == {"Ann": total, "Bo": total}
+
+
 def test_results_by_hand(tmp_path):
     """Two readers, four questions: Ann prefers 'good' every time, Bo three times in four."""
     data = folders(tmp_path, names=("a", "b"))
@@ -295,6 +318,8 @@ def test_a_dicom_file_is_viewed_in_its_own_units_and_window():
     soft = np.asarray(PILImage.open(__import__("io").BytesIO(narrow)))
     np.testing.assert_array_equal(soft[hu < 0], 0)  # below the window: black
     np.testing.assert_array_equal(soft[hu > 100], 255)  # above: white
+    mr = TestClient(web.viewer_app(view.open_collection([get_testdata_file("MR_small.dcm")])))
+    assert mr.get("/api/info/0/0").json()["window"] == [-200, 1400]  # the file's own window: centre 600, width 1600
 
 
 def test_the_viewer_on_the_bundled_examples(tmp_path, browser):
@@ -332,7 +357,7 @@ def test_a_study_from_an_evaluate_report(tmp_path, capsys):
     for i in range(2):
         PILImage.fromarray(random_image(512, 512, 3, seed=i)).save(tmp_path / "data" / f"eye{i}.png")
     assert main(["evaluate", str(tmp_path / "data"), "--protocol", "retina-x2", "--baselines", "bicubic,lanczos",
-                 "--reference", "bicubic", "--figures", "0", "--save-outputs", "-o", str(tmp_path / "report")]) == 0
+                 "--reference", "bicubic", "--figures", "1", "--save-outputs", "-o", str(tmp_path / "report")]) == 0
     outputs = tmp_path / "report" / "outputs"
     assert sorted(p.name for p in outputs.iterdir()) == ["LR", "bicubic", "ground truth", "lanczos"]
     assert view.load(outputs / "ground truth" / "eye0.png").size == (512, 512)
@@ -344,3 +369,44 @@ def test_a_study_from_an_evaluate_report(tmp_path, capsys):
     assert "4 questions" in capsys.readouterr().out  # 2 images x 2 regions x 1 pair
     collection = view.open_collection([outputs / "LR", outputs / "bicubic", outputs / "ground truth"])
     assert [i.name for i in collection.items] == ["eye0", "eye1"]
+    figures = view.open_collection([tmp_path / "report"])  # a report folder: a layer of its figures
+    assert [i.name for i in figures.items] == ["eye0"] and figures.items[0].files[0].parent.name == "figures"
+
+
+@pytest.mark.parametrize("command", ["view", "study"])
+def test_the_readme_commands_serve_until_stopped(tmp_path, command):
+    """`medsr view examples OUT` and `medsr study serve STUDY` as a user runs them: they print the URL,
+    answer on it, and stop on Ctrl+C (SIGINT) with exit status 0."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    data = folders(tmp_path)
+    examples = Path(__file__).parents[1] / "examples"
+    if command == "study":
+        study.build({"good": data / "outputs", "dark": data / "outputs2"}, tmp_path / "s.sqlite", size=32)
+        args, probe = ["study", "serve", str(tmp_path / "s.sqlite")], "api/next?reader=x"
+    else:
+        args, probe = ["view", str(examples), str(data / "outputs")], "api/items"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "medsr.cli", *args, "--port", str(port), "--no-browser"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/{probe}", timeout=2) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not answer: " + process.stderr.read() if process.poll() is not None else "")
+        assert ("items" in body) if command == "view" else (body["total"] == 6)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"serving on http://127.0.0.1:{port}/ (Ctrl+C stops)" in out

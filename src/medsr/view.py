@@ -52,14 +52,14 @@ class Collection:
         return found
 
 
-def _report_figures(folder: Path) -> list[Path]:
-    return sorted((folder / "figures").glob("*.png")) if (folder / "summary.json").is_file() else []
-
-
 def _layer_files(root: Path) -> dict[str, Path]:
     if root.is_file():
         return {root.stem: root}
-    files = _report_figures(root) or image_files(root)
+    if (root / "summary.json").is_file():  # an evaluate report: its figures
+        root = root / "figures"
+        files = sorted(root.glob("*.png"))
+    else:
+        files = image_files(root)
     keys = {}
     for path in files:
         key = path.relative_to(root).with_suffix("").as_posix()
