@@ -27,6 +27,11 @@ from .conftest import random_image
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+def local_client(app) -> TestClient:
+    """The app as a browser on this machine reaches it (http://127.0.0.1)."""
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
 def folders(tmp_path, names=("a", "b", "c")):
     """inputs/ (40x32 RGB), outputs/ and outputs2/ (x4, 160x128), references/ (160x128), and a 16-bit gray pair."""
     for folder in ("inputs", "outputs", "outputs2", "references"):
@@ -52,7 +57,7 @@ def test_layers_are_matched_by_name_and_rendered_with_a_window(tmp_path):
     assert [layer.name for layer in collection.layers] == ["inputs", "outputs"]
     assert [(i.name, [f.name for f in i.files]) for i in collection.items] == [
         ("a", ["a.png", "a.png"]), ("b", ["b.png", "b.png"]), ("c", ["c.png", "c.png"])]
-    client = TestClient(web.viewer_app(view.open_collection([tmp_path / "gray" / "g.png"])))
+    client = local_client(web.viewer_app(view.open_collection([tmp_path / "gray" / "g.png"])))
     info = client.get("/api/info/0/0").json()
     assert (info["width"], info["height"]) == (2, 2)
     assert (info["min"], info["max"]) == pytest.approx((0, 4095), abs=1e-3)  # its values, in 16-bit levels
@@ -61,19 +66,28 @@ def test_layers_are_matched_by_name_and_rendered_with_a_window(tmp_path):
     rendered = np.asarray(PILImage.open(__import__("io").BytesIO(response.content)))
     # window 1000..3000 over 0..255: 0 and 1000 black, 3000 and above white (values outside it clip on screen only)
     np.testing.assert_array_equal(rendered, [[0, 0], [255, 255]])
-    assert client.get("/api/image/0/0", params={"low": 5, "high": 5}).status_code == 400
+    assert client.get("/api/image/0/0", params={"low": 5, "high": 4}).status_code == 400
+    assert client.get("/api/image/0/0", params={"low": 5, "high": 5}).status_code == 200  # a blank image shows
 
 
 def test_nothing_outside_the_opened_folders_can_be_read(tmp_path):
     data = folders(tmp_path)
-    (tmp_path / "secret.png").write_bytes((data / "inputs" / "a.png").read_bytes())
-    client = TestClient(web.viewer_app(view.open_collection([data / "inputs"])))
+    PILImage.fromarray(random_image(64, 64, 3, seed=9)).save(tmp_path / "secret.png")  # 64 wide: told apart
+    (data / "inputs" / "link.png").symlink_to(tmp_path / "secret.png")  # a link out of the folder
+    collection = view.open_collection([data / "inputs"])
+    assert [i.name for i in collection.items] == ["a", "b", "c"]  # the link is not an item
+    client = local_client(web.viewer_app(collection))
     for attempt in ("/api/image/0/0/../../../secret.png", "/api/image/..%2F..%2Fsecret.png/0",
                     "/api/image/9/0", "/api/image/0/5", "/api/image/-1/0", "/../secret.png",
-                    "/api/map/0/0/../../secret.png", "/api/info/0/0?path=../secret.png"):
+                    "/api/map/0/0/../../secret.png", "/api/info/3/0", "/api/info/0/0?path=../secret.png"):
         response = client.get(attempt)
         assert response.status_code in (400, 404) or response.json()["width"] == 40, attempt
+    widths = {client.get(f"/api/info/{i}/0").json()["width"] for i in range(3)}
+    assert widths == {40}  # every item served is an opened one
     assert client.get("/api/map/0/0/other", params={"source": 0}).status_code == 400
+    for broken in ("/api/dial/0/0", "/api/dial/0/0?f=1&x=1", "/api/image/0/0?low=nan&high=3",
+                   "/api/dial/0/0?f=1&x=0&y=0&w=99999999999999999999&h=8"):
+        assert client.get(broken).status_code == 400, broken  # a reason, never a crash
 
 
 def test_another_interface_needs_the_token(tmp_path):
@@ -81,16 +95,21 @@ def test_another_interface_needs_the_token(tmp_path):
     assert web.token_for("127.0.0.1") is None and web.token_for("::1") is None and web.token_for("localhost") is None
     token = web.token_for("0.0.0.0")
     assert token and len(token) >= 24 and web.token_for("0.0.0.0") != token  # random each time
-    client = TestClient(web.viewer_app(view.open_collection([data / "inputs"]), token=token))
+    client = local_client(web.viewer_app(view.open_collection([data / "inputs"]), token=token))
     assert client.get("/api/items").status_code == 403
     assert client.get("/api/items", params={"token": "wrong"}).status_code == 403
     assert client.get("/", params={"token": token}).status_code == 200
     assert client.get("/api/items").status_code == 200  # the cookie set by the first answer
+    assert TestClient(client.app).get("/api/items", params={"token": "é"}).status_code == 403  # not a crash
+    # on the loopback, without a token: only this machine's names (a rebound DNS name is refused)
+    local = local_client(web.viewer_app(view.open_collection([data / "inputs"])))
+    assert local.get("/api/items").status_code == 200
+    assert local.get("/api/items", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_the_maps_and_the_dial(tmp_path, tiny_pair):
     data = folders(tmp_path)
-    client = TestClient(web.viewer_app(view.open_collection([data / "inputs", data / "outputs"])))
+    client = local_client(web.viewer_app(view.open_collection([data / "inputs", data / "outputs"])))
     detail = client.get("/api/map/0/1/detail", params={"source": 0})
     consistency = client.get("/api/map/0/1/consistency", params={"source": 0})
     assert PILImage.open(__import__("io").BytesIO(detail.content)).size == (160, 128)  # at the output's size
@@ -115,6 +134,11 @@ def test_a_study_is_randomised_with_its_seed_and_keeps_its_answers(tmp_path):
     rows = [sqlite3.connect(p).execute("SELECT image, x, y, left_method FROM questions ORDER BY position").fetchall()
             for p in (tmp_path / "s.sqlite", tmp_path / "s2.sqlite")]
     assert again == count and rows[0] == rows[1]  # the seed gives the same study
+    assert study.settings(tmp_path / "s.sqlite")["seed"] == "7"  # and is recorded
+    study.build(methods, tmp_path / "s3.sqlite", reference=data / "references", regions=2, size=32, seed=8)
+    other = sqlite3.connect(tmp_path / "s3.sqlite").execute("SELECT image, x, y, left_method FROM questions "
+                                                            "ORDER BY position").fetchall()
+    assert other != rows[0]  # another seed, another study
     assert {r[3] for r in rows[0]} == {"good", "dark"}  # each side holds each method sometimes
     with pytest.raises(ValueError, match="already exists"):
         study.build(methods, tmp_path / "s.sqlite")
@@ -127,6 +151,16 @@ def test_a_study_is_randomised_with_its_seed_and_keeps_its_answers(tmp_path):
     assert study.next_question(tmp_path / "s.sqlite", "Ann")[0].number == 2  # she resumes where she stopped
     with pytest.raises(ValueError, match="1 to 5"):
         study.answer(tmp_path / "s.sqlite", reader="Bo", question_id=first.id, choice="left", artefacts={"left": 9})
+    for bad in (2.9, "2", True, None, 10**30):
+        with pytest.raises(ValueError, match="question"):
+            study.answer(tmp_path / "s.sqlite", reader="Bo", question_id=bad, choice="left")
+    client = local_client(web.study_app(tmp_path / "s.sqlite"))
+    plain = client.post("/api/answer", content=json.dumps({"reader": "Cy", "question": 2, "choice": "left"}),
+                        headers={"content-type": "text/plain"})
+    assert plain.status_code == 415  # what another site's page could send without asking first
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a medsr study file"):
+        study.results(tmp_path / "empty.sqlite")
 
 
 def test_two_readers_at_once_do_not_collide(tmp_path):
@@ -170,8 +204,11 @@ def test_results_by_hand(tmp_path):
     low, high = found["pooled"]["good"]["ci95"]
     assert low == pytest.approx(0.5291, abs=1e-3) and high == pytest.approx(0.9776, abs=1e-3)
     [pair] = found["agreement"]
-    # same choice on 3 of 4; Ann always 'good', so chance agreement = 1 x 0.75: kappa = (0.75 - 0.75) / 0.25 = 0
-    assert pair["agreement"] == 0.75 and pair["kappa"] == pytest.approx(0.0)
+    # kappa of the side chosen: observed 3/4; chance = sum over left/right of the two readers' shares
+    sides = {r: [study_row[0] for study_row in sqlite3.connect(path).execute(
+        "SELECT choice FROM answers WHERE reader = ? ORDER BY question", (r,))] for r in ("Ann", "Bo")}
+    chance = sum(sides["Ann"].count(s) / 4 * sides["Bo"].count(s) / 4 for s in ("left", "right"))
+    assert pair["agreement"] == 0.75 and pair["kappa"] == pytest.approx((0.75 - chance) / (1 - chance))
     page = study.write_results(path, tmp_path / "results")
     assert "<svg" in page.read_text()
     assert json.loads((tmp_path / "results" / "results.json").read_text())["answers"] == 8
@@ -305,7 +342,7 @@ def test_study_in_a_browser_lands_in_sqlite_and_in_the_results(tmp_path, browser
 def test_a_dicom_file_is_viewed_in_its_own_units_and_window():
     from pydicom.data import get_testdata_file
 
-    client = TestClient(web.viewer_app(view.open_collection([get_testdata_file("CT_small.dcm")])))
+    client = local_client(web.viewer_app(view.open_collection([get_testdata_file("CT_small.dcm")])))
     info = client.get("/api/info/0/0").json()
     assert info["modality"] == "CT" and info["unit"] == "HU" and (info["width"], info["height"]) == (128, 128)
     # pydicom's own reading, through RescaleSlope and RescaleIntercept, gives the same HU range
@@ -318,7 +355,7 @@ def test_a_dicom_file_is_viewed_in_its_own_units_and_window():
     soft = np.asarray(PILImage.open(__import__("io").BytesIO(narrow)))
     np.testing.assert_array_equal(soft[hu < 0], 0)  # below the window: black
     np.testing.assert_array_equal(soft[hu > 100], 255)  # above: white
-    mr = TestClient(web.viewer_app(view.open_collection([get_testdata_file("MR_small.dcm")])))
+    mr = local_client(web.viewer_app(view.open_collection([get_testdata_file("MR_small.dcm")])))
     assert mr.get("/api/info/0/0").json()["window"] == [-200, 1400]  # the file's own window: centre 600, width 1600
 
 
@@ -403,10 +440,22 @@ def test_the_readme_commands_serve_until_stopped(tmp_path, command):
             except OSError:
                 time.sleep(0.1)
         else:
-            pytest.fail("the server did not answer: " + process.stderr.read() if process.poll() is not None else "")
+            ended = process.poll() is not None
+            pytest.fail("the server did not answer" + (": " + process.stderr.read() if ended else ""))
         assert ("items" in body) if command == "view" else (body["total"] == 6)
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"serving on http://127.0.0.1:{port}/ (Ctrl+C stops)" in out
+
+
+def test_study_crops_are_shown_in_the_images_window(tmp_path):
+    """12-bit data in 16-bit PNGs: a crop spans the screen's range (as the viewer starts), not 1/16 of it."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        PILImage.fromarray((random_image(64, 64, 1, np.uint16, seed=1).squeeze() >> 4).astype(np.uint16)).save(
+            tmp_path / folder / "x.png")
+    study.build({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "s.sqlite", regions=1, size=64)
+    shown = study.crop(tmp_path / "s.sqlite", 1, "left")
+    assert shown.min() == pytest.approx(0, abs=1e-6) and shown.max() == pytest.approx(1, abs=1e-6)

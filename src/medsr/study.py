@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medsr.image import ImageError
-from medsr.view import load, open_collection
+from medsr.view import load, open_collection, windowed
 
 QUESTIONS = {"reference": "Which is closer to the reference?",
              "structure": "Which shows fine structure more faithfully?"}
@@ -45,8 +45,12 @@ class Question:
 def _connect(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise ValueError(f"{path}: no such study file")
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; explicit transactions
-    connection.execute("PRAGMA journal_mode=WAL")  # readers and one writer at a time, without blocking reads
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit
+    try:
+        connection.execute("SELECT key, value FROM settings LIMIT 1").fetchall()
+    except sqlite3.DatabaseError:
+        connection.close()
+        raise ValueError(f"{path}: not a medsr study file") from None
     return connection
 
 
@@ -108,6 +112,7 @@ def build(methods: dict[str, str | Path], output: str | Path, *, reference: str 
     files = {name: str(Path(folder).resolve()) for name, folder in methods.items()}
     output.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(output)) as db, db:
+        db.execute("PRAGMA journal_mode=WAL")  # kept by the file: readers never wait for a writer
         db.executescript("""
             CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE questions (id INTEGER PRIMARY KEY, position INTEGER NOT NULL, image TEXT NOT NULL,
@@ -119,7 +124,8 @@ def build(methods: dict[str, str | Path], output: str | Path, *, reference: str 
                 seconds REAL, at TEXT NOT NULL, UNIQUE (question, reader));
         """)
         settings = {"methods": json.dumps(files), "reference": str(Path(reference).resolve()) if reference else "",
-                    "seed": str(seed), "question": QUESTIONS[question], "allow_changes": str(int(allow_changes)),
+                    "seed": str(seed), "regions": str(regions), "size": str(size), "question": QUESTIONS[question],
+                    "allow_changes": str(int(allow_changes)),
                     "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         db.executemany("INSERT INTO settings VALUES (?, ?)", settings.items())
         db.executemany("INSERT INTO questions (position, image, x, y, w, h, left_method, right_method) "
@@ -168,11 +174,15 @@ def answer(path: str | Path, *, reader: str, question_id: int, choice: str, arte
     """Record an answer. ValueError when it is malformed, or given already and the study does not
     allow changes."""
     reader, artefacts = _reader(reader), artefacts or {}
+    if not isinstance(question_id, int) or isinstance(question_id, bool) or not 0 < question_id < 2**62:
+        raise ValueError(f"question {question_id!r}: a question number")
     if choice not in ("left", "right"):
         raise ValueError(f"choice {choice!r}: left or right")
     scores = [artefacts.get(side) for side in ("left", "right")]
-    if any(s is not None and (not isinstance(s, int) or not 1 <= s <= 5) for s in scores):
+    if any(s is not None and (type(s) is not int or not 1 <= s <= 5) for s in scores):
         raise ValueError("artefact scores are whole numbers from 1 to 5")
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"seconds {seconds}: a time of 0 or more")
     allow = settings(path)["allow_changes"] == "1"
     row = (question_id, reader, choice, *scores, seconds, time.strftime("%Y-%m-%d %H:%M:%S"))
     with closing(_connect(Path(path))) as db:
@@ -186,7 +196,7 @@ def answer(path: str | Path, *, reader: str, question_id: int, choice: str, arte
 
 
 def crop(path: str | Path, question_id: int, side: str) -> np.ndarray:
-    """The (C, h, w) pixels a question shows on ``side`` (left, right or reference)."""
+    """The (C, h, w) pixels in [0, 1] a question shows on ``side`` (left, right or reference)."""
     q, config = question(path, question_id), settings(path)
     folders = json.loads(config["methods"])
     if side in ("left", "right"):
@@ -195,9 +205,11 @@ def crop(path: str | Path, question_id: int, side: str) -> np.ndarray:
         folder = Path(config["reference"])
     else:
         raise KeyError(f"no {side} image")
-    item = next(i for i in open_collection([folder]).items if i.name == q.image)
+    item = next((i for i in open_collection([folder]).items if i.name == q.image), None)
+    if item is None:
+        raise KeyError(f"{folder}: {q.image} is gone")
     x, y, w, h = q.region
-    return load(item.files[0]).pixels[:, y : y + h, x : x + w]
+    return windowed(load(item.files[0]))[:, y : y + h, x : x + w]  # as the viewer starts: DICOM's window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,15 +251,18 @@ def cohen_kappa(a: list[str], b: list[str]) -> float:
 
 def results(path: str | Path) -> dict:
     """Preference per method, pooled and per reader (share of the comparisons it was in that
-    readers preferred it, Wilson 95% intervals), and agreement between readers on the questions
-    both answered (share of equal choices and Cohen's kappa; the choice is the preferred method)."""
+    readers preferred it, Wilson 95% intervals that count every answer as independent: several
+    readers and regions of one image make them too narrow), and agreement between readers on the
+    questions both answered (share of equal choices and Cohen's kappa of the side chosen)."""
     with closing(_connect(Path(path))) as db:
         rows = db.execute("SELECT a.reader, q.id, q.left_method, q.right_method, a.choice, a.artefacts_left, "
                           "a.artefacts_right, a.seconds FROM answers a JOIN questions q ON q.id = a.question "
                           "ORDER BY a.reader, q.position").fetchall()
         total = db.execute("SELECT COUNT(*) FROM questions").fetchone()[0]
     readers = sorted({r[0] for r in rows})
-    chosen = {(r[0], r[1]): (r[2] if r[4] == "left" else r[3]) for r in rows}
+    # agreement on the side chosen: each question offers two methods, so chance is about one half
+    # whatever the number of methods (the preferred method's name would make it smaller, and kappa larger)
+    chosen = {(r[0], r[1]): r[4] for r in rows}
     agreement = []
     for a, b in itertools.combinations(readers, 2):
         common = sorted(q for (reader, q) in chosen if reader == a and (b, q) in chosen)

@@ -62,6 +62,8 @@ def _layer_files(root: Path) -> dict[str, Path]:
         files = image_files(root)
     keys = {}
     for path in files:
+        if not path.resolve().is_relative_to(root.resolve()):
+            continue  # a link to a file outside the folder: nothing outside what was opened is read
         key = path.relative_to(root).with_suffix("").as_posix()
         keys.setdefault(key, path)  # a.png beside a.dcm: the first, in sorted order
     return keys
@@ -137,15 +139,22 @@ def describe(image: Image) -> dict:
             "modality": image.modality or ""}
 
 
-def render(image: Image, window: tuple[float, float] | None = None) -> bytes:
-    """PNG bytes of ``image``, its values ``window`` = (low, high) in its own units mapped to 0..255
-    (default: the range of its values; MONOCHROME1 drawn inverted, as it is read)."""
+def windowed(image: Image, window: tuple[float, float] | None = None) -> np.ndarray:
+    """(C, H, W) in [0, 1] for a screen: the values ``window`` = (low, high) in the image's own units
+    mapped to 0..1 (default: the window ``describe`` starts with; MONOCHROME1 drawn inverted, as it
+    is read). A window of one value (a blank image) is widened to one unit."""
     a, b, _, inverted = values_of(image)
-    low, high = window or tuple(sorted((a + b * float(image.pixels.min()), a + b * float(image.pixels.max()))))
-    if not high > low:
-        raise ValueError(f"window {low:g}..{high:g}: the upper value must be above the lower")
+    low, high = window or describe(image)["window"]
+    if high < low:
+        raise ValueError(f"window {low:g}..{high:g}: the upper value must not be below the lower")
+    high = max(high, low + 1e-6 * max(1.0, abs(low)))
     shown = np.clip((a + b * image.pixels.astype(np.float64) - low) / (high - low), 0, 1)
-    return png(1 - shown if inverted else shown)
+    return 1 - shown if inverted else shown
+
+
+def render(image: Image, window: tuple[float, float] | None = None) -> bytes:
+    """PNG bytes of ``windowed(image, window)``."""
+    return png(windowed(image, window))
 
 
 def png(pixels: np.ndarray) -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -43,7 +44,7 @@ class _Token(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next):
         given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
-        if not secrets.compare_digest(given, self.token):
+        if not secrets.compare_digest(given.encode(), self.token.encode()):
             return Response("a token is needed: open the URL that medsr printed", status_code=403)
         response = await call_next(request)
         if request.query_params.get("token"):
@@ -58,7 +59,7 @@ def _errors(handler):
             return await handler(request)
         except (IndexError, KeyError, FileNotFoundError) as exc:
             return JSONResponse({"error": str(exc) or "not found"}, status_code=404)
-        except (ValueError, ImageError) as exc:
+        except (ValueError, ImageError, OverflowError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
     return wrapped
 
@@ -70,6 +71,8 @@ def _png(data: bytes) -> Response:
 def _number(request: Request, name: str, default: float | None = None) -> float | None:
     text = request.query_params.get(name)
     if text is None or text == "":
+        if default is None:
+            raise ValueError(f"{name} is needed")
         return default
     value = float(text)
     if not np.isfinite(value):
@@ -98,8 +101,9 @@ def viewer_app(collection: view.Collection, *, token: str | None = None, device:
 
     async def image(request: Request):
         shown = image_of(request)
-        low, high = _number(request, "low"), _number(request, "high")
-        return _png(view.render(shown, None if low is None or high is None else (low, high)))
+        given = "low" in request.query_params and "high" in request.query_params
+        window = (_number(request, "low"), _number(request, "high")) if given else None
+        return _png(view.render(shown, window))
 
     async def detail_map(request: Request):
         source = view.load(collection.file(request.path_params["item"], int(_number(request, "source", 0))))
@@ -107,6 +111,8 @@ def viewer_app(collection: view.Collection, *, token: str | None = None, device:
 
     async def dial(request: Request):
         region = tuple(int(_number(request, key)) for key in ("x", "y", "w", "h"))
+        if max(abs(v) for v in region) > 1 << 20:
+            raise ValueError("region out of range")
         return _png(view.dial(image_of(request), _number(request, "f"), region, device=device))
 
     routes = [Route("/", page), Route("/api/items", _errors(items)),
@@ -114,7 +120,16 @@ def viewer_app(collection: view.Collection, *, token: str | None = None, device:
               Route("/api/image/{item:int}/{layer:int}", _errors(image)),
               Route("/api/map/{item:int}/{layer:int}/{kind:str}", _errors(detail_map)),
               Route("/api/dial/{item:int}/{layer:int}", _errors(dial))]
-    return Starlette(routes=routes, middleware=[Middleware(_Token, token=token)] if token else [])
+    return Starlette(routes=routes, middleware=_middleware(token))
+
+
+def _middleware(token: str | None) -> list[Middleware]:
+    """With a token: the token. Without (the loopback): only this machine's own host names, so that a
+    page of another site cannot reach the server through a name that resolves to 127.0.0.1 (DNS
+    rebinding)."""
+    if token:
+        return [Middleware(_Token, token=token)]
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,20 +157,23 @@ def study_app(path: Path, *, token: str | None = None) -> Starlette:
         return _png(view.png(pixels))
 
     async def answer(request: Request):
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a page of another site can only send forms and plain text without asking first
+            return JSONResponse({"error": "send the answer as application/json"}, status_code=415)
         body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("send a JSON object")
         artefacts = body.get("artefacts") or {}
         seconds = body.get("seconds")
-        study.answer(path, reader=str(body.get("reader", "")), question_id=int(body.get("question", -1)),
+        study.answer(path, reader=str(body.get("reader", "")), question_id=body.get("question"),
                      choice=str(body.get("choice", "")), artefacts=artefacts if isinstance(artefacts, dict) else {},
-                     seconds=float(seconds) if isinstance(seconds, int | float) else None)
+                     seconds=float(seconds) if type(seconds) in (int, float) else None)
         return JSONResponse({"saved": True})
 
     routes = [Route("/", page), Route("/api/next", _errors(next_question)),
               Route("/api/crop/{question:int}/{side:str}", _errors(crop)),
               Route("/api/answer", _errors(answer), methods=["POST"])]
-    return Starlette(routes=routes, middleware=[Middleware(_Token, token=token)] if token else [])
+    return Starlette(routes=routes, middleware=_middleware(token))
 
 
 # ---------------------------------------------------------------------------------------------
