@@ -180,7 +180,7 @@ def test_torchrun_evaluate_with_two_processes_equals_one(tmp_path, tiny_net):
             "-m", "medsr.cli", *common, "-o", str(tmp_path / "two")]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # rank 0 counts the failure of rank 1
-    assert result.stdout.count("report: ") == 1 and "(4 images, 1 skipped)" in result.stdout
+    assert result.stdout.count("report: ") == 1 and "(4 images, 1 skipped)" in result.stdout, result.stderr[-3000:]
     for name in ("per_image.csv", "figures/0.png", "figures/1.png", "figures/2.png"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
