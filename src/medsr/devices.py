@@ -78,7 +78,14 @@ def rank_device(device: str | torch.device, size: int) -> torch.device:
 
 
 def leave_process_group() -> None:
-    """End the process group before exiting: a process that exits with gloo's threads still running
-    is aborted ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave together, then end the process group. Together: torchrun stops every process as soon as
+    one ends with a failure status, so a process whose share had a bad file must not end while the
+    first one still writes the report for all. Ended: a process that exits with gloo's threads still
+    running is aborted ("terminate called without an active exception")."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except Exception:  # noqa: BLE001 (another process is gone already: nothing to wait for)
+        pass
+    dist.destroy_process_group()
