@@ -25,7 +25,7 @@ GAN_MARGINS = {"retina": (0.3, 0.01), "cxr": (0.3, 0.01)}
 
 # model -> (protocol, [(image or slice, PSNR gain, SSIM gain) over bicubic, from the card's run])
 REFERENCES = {
-    "retina-fidelity": ("retina-x2", [("Image_01L", 0.2177, 0.00198), ("Image_04R", 0.3450, 0.00215)]),
+    "retina-fidelity": ("retina-x2", [("Image_01L", 0.3024, 0.00334), ("Image_04R", 0.3529, 0.00287)]),
     "retina": ("retina-x2", [("Image_01L", -0.0141, -0.00157), ("Image_04R", 0.1918, -0.00020)]),
     "cxr-fidelity": ("cxr-x4", [("00000404_000", 0.3142, 0.00404), ("00000679_000", 0.2721, 0.00191)]),
     "cxr": ("cxr-x4", [("00000404_000", 0.1147, -0.0287), ("00000679_000", -0.6624, -0.03227)]),
@@ -79,4 +79,4 @@ def test_the_guard_fails_for_a_worse_model(tmp_path):
 
     models = [Model("bicubic", lambda lr, size: resize_bicubic(lr, *size)), Model("worse", blurred)]
     rows = evaluate_sample(sample, models, Options(protocol=PROTOCOLS["retina-x2"])).rows
-    assert rows["worse"]["psnr"] - rows["bicubic"]["psnr"] < 0.2177 - PSNR_MARGIN
+    assert rows["worse"]["psnr"] - rows["bicubic"]["psnr"] < 0.3024 - PSNR_MARGIN

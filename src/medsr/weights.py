@@ -82,7 +82,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr retina fidelity model: x4plus fine-tuned with the pixel loss only (docs/models/"
                     "retina-fidelity.md), x4",
         packaged="retina-fidelity.safetensors",
-        sha256="c5c3197dd79bd03ef7296c9ca433c6971d17a04ff48a16b02d063f42a583bebb",
+        sha256="a925742c128373f591759c024f3304a37dbf42c9c04fbbdb090fca97eaff1d5b",
         domain=FUNDUS,
     ),
     "cxr": ModelSpec(
