@@ -95,12 +95,25 @@ def check_window(centre: float, width: float, what: str) -> None:
         raise ValueError(f"{what}: the width must be at least 1")
 
 
-def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
+def file_window(ds: Dataset) -> tuple[float, float] | None:
+    """The file's first window (centre, width in modality units), or None when it has none."""
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        reason = "has only a VOI LUT Sequence, which is not supported" if "VOILUTSequence" in ds else "has none"
-        raise ImageError(f"{path}: --window voi asks for the file's window, but it {reason}; give --window C,W")
+        return None
     first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)  # noqa: E731
     return first(ds.WindowCenter), first(ds.WindowWidth)
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(slope, intercept): modality values = slope x stored + intercept."""
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _window_of(ds: Dataset, path: Path) -> tuple[float, float]:
+    found = file_window(ds)
+    if found is None:
+        reason = "has only a VOI LUT Sequence, which is not supported" if "VOILUTSequence" in ds else "has none"
+        raise ImageError(f"{path}: --window voi asks for the file's window, but it {reason}; give --window C,W")
+    return found
 
 
 def stored_range(ds: Dataset, dtype: np.dtype, bits: int | None = None) -> StoredRange:
@@ -121,7 +134,7 @@ def window_range(ds: Dataset, mapping: StoredRange, window: str | tuple[float, f
         check_window(centre, width, f"{path}: window {centre:g},{width:g}")
     except ValueError as exc:
         raise ImageError(str(exc)) from None
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds)
     # Modality values at the window's ends (the linear VOI function of PS3.3 C.11.2.1.2.1), as stored values.
     ends = sorted((centre - 0.5 + side * (width - 1) / 2 - intercept) / slope for side in (-1, 1))
     # A window far wider than the stored values squeezes the image into a few of the network's

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from medsr.detail import detail_maps, heat_map
+from medsr.dicom import file_window, rescale
 from medsr.image import Image, ImageError, ReadOptions
 from medsr.io import image_files, read_image, reader_for
 
@@ -105,9 +106,7 @@ def values_of(image: Image) -> tuple[float, float, str, bool]:
     mapping = image.meta.get("dicom_range")
     if mapping is None:
         return image.min_value, image.max_value - image.min_value, "level", False
-    dataset = image.meta["dicom"]
-    slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(image.meta["dicom"])
     span = mapping.high - mapping.low
     unit = "HU" if image.modality == "CT" else "modality value"
     if mapping.invert:  # the pixels were flipped to display values: undo it for the units, flip on screen
@@ -116,13 +115,11 @@ def values_of(image: Image) -> tuple[float, float, str, bool]:
 
 
 def _dicom_window(image: Image) -> tuple[float, float] | None:
-    dataset = image.meta.get("dicom")
-    try:
-        centre, width = (float(v[0] if hasattr(v, "__len__") and not isinstance(v, str) else v)
-                         for v in (dataset.WindowCenter, dataset.WindowWidth))
-    except (AttributeError, TypeError, ValueError, IndexError):
+    found = file_window(image.meta["dicom"]) if "dicom" in image.meta else None
+    if found is None or found[1] <= 0:
         return None
-    return (centre - width / 2, centre + width / 2) if width > 0 else None
+    centre, width = found
+    return centre - width / 2, centre + width / 2
 
 
 def describe(image: Image) -> dict:
