@@ -37,7 +37,7 @@ ZOO_VENV ?= .venv-zoo
 
 $(ZOO_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(ZOO_VENV)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" lpips pytest
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" lpips pytest httpx2
 	touch $@
 
 test-zoo: $(ZOO_VENV)/.installed
