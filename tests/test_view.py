@@ -109,6 +109,7 @@ def test_another_interface_needs_the_token(tmp_path):
 
 def test_the_maps_and_the_dial(tmp_path, tiny_pair):
     data = folders(tmp_path)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
     client = local_client(web.viewer_app(view.open_collection([data / "inputs", data / "outputs"])))
     detail = client.get("/api/map/0/1/detail", params={"source": 0})
     consistency = client.get("/api/map/0/1/consistency", params={"source": 0})
@@ -119,6 +120,7 @@ def test_the_maps_and_the_dial(tmp_path, tiny_pair):
     assert PILImage.open(__import__("io").BytesIO(sharp.content)).size == (64, 48)  # x4 of the region
     assert client.get("/api/dial/0/0", params={"f": 2, "x": 0, "y": 0, "w": 8, "h": 8}).status_code == 400
     assert client.get("/api/dial/0/0", params={"f": 1, "x": 99, "y": 0, "w": 8, "h": 8}).status_code == 400
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written next to the files
 
 
 # ---------------------------------------------------------------------------------------------
