@@ -16,7 +16,7 @@ TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(shell $(PYTHON
 	"import urllib.request as r; r.urlopen('$(CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo $(CPU_INDEX)))
 endif
 
-.PHONY: setup test test-fast test-zoo demo bench clean
+.PHONY: setup setup-zoo test test-fast test-zoo demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,7 +40,9 @@ $(ZOO_VENV)/.installed: pyproject.toml Makefile
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(ZOO_VENV)/bin/pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[zoo]" lpips pytest httpx2
 	touch $@
 
-test-zoo: $(ZOO_VENV)/.installed
+setup-zoo: $(ZOO_VENV)/.installed
+
+test-zoo: setup-zoo
 	$(ZOO_VENV)/bin/python -c "import spandrel, lpips"  # fails loudly, never a silent skip
 	$(ZOO_VENV)/bin/python -m pytest -q -m zoo
 

@@ -162,6 +162,19 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def dicom_outlook(path: Path) -> list[tuple[str, str]]:
+    """What upscaling would do with a DICOM file: the stored values the network sees and the model
+    "auto" takes; ImageError when it would refuse the file."""
+    frames = read_frames(path)
+    meta = frames[0].meta
+    extremes = np.array(content_range([frame.pixels for frame in frames]))
+    stored = sorted(meta["dicom_range"].to_stored(extremes, np.dtype(meta["dicom_dtype"]), meta["dicom_bits"]))
+    name, fidelity, why = model_for(frames[0])
+    model = f"{name}-fidelity" if fidelity == 1 else name if fidelity in (0, None) else f"{name}@{fidelity:g}"
+    return [("stored values", f"{stored[0]:g}..{stored[1]:g} (the network sees this range)"),
+            ("model (auto)", f"{model} ({why})")]
+
+
 def describe_values(image: Image) -> str:
     """``gray, values 0..4095 (data: maximum 4000 fits 12 bits)``: what medsr took the pixels to be
     (DICOM: ``gray, DICOM: 12 bits stored, 0..4095``: its stored range, not the container's)."""

@@ -13,7 +13,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -180,7 +179,7 @@ def run_info(args: argparse.Namespace) -> int:
                 rows = volume.describe(path)
             elif reader_for(path) is dicom.read_dicom:
                 rows = dicom.describe(path)
-                rows += _dicom_outlook(path)
+                rows += batch.dicom_outlook(path)
             else:
                 frames = read_frames(path, ReadOptions(max_pixels=args.max_pixels, value_range=parse_range(args.range)))
                 image = frames[0]
@@ -197,22 +196,6 @@ def run_info(args: argparse.Namespace) -> int:
         for name, value in rows:
             print(f"  {name + ':':20s} {value}")
     return 1 if failed else 0
-
-
-def _dicom_outlook(path: Path) -> list[tuple[str, str]]:
-    """What upscale would do with a DICOM file: its values and the model auto takes; or why it would
-    refuse the file (raised, so that info says it as an error)."""
-    from medsr.consistency import content_range
-    from medsr.upscale import model_for
-
-    frames = read_frames(path)
-    meta = frames[0].meta
-    extremes = np.array(content_range([frame.pixels for frame in frames]))
-    stored = sorted(meta["dicom_range"].to_stored(extremes, np.dtype(meta["dicom_dtype"]), meta["dicom_bits"]))
-    name, fidelity, why = model_for(frames[0])
-    model = f"{name}-fidelity" if fidelity == 1 else name if fidelity in (0, None) else f"{name}@{fidelity:g}"
-    return [("stored values", f"{stored[0]:g}..{stored[1]:g} (the network sees this range)"),
-            ("model (auto)", f"{model} ({why})")]
 
 
 def run_degrade_preview(args: argparse.Namespace) -> int:

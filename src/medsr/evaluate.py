@@ -277,14 +277,14 @@ def anatomy_mask(gt: np.ndarray, protocol: Protocol) -> np.ndarray | None:
     return None
 
 
-def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options,
+def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options, inside: np.ndarray | None,
                   gt_vessels: np.ndarray | None, fov: np.ndarray | None, annotation: np.ndarray | None
                   ) -> dict[str, float]:
+    """The metrics of one output; ``inside``: the anatomy mask (``anatomy_mask``), None for none."""
     sr_q, gt_q = quantize(sr, max_value).astype(np.float64), quantize(gt, max_value).astype(np.float64)
     convention = options.ssim_convention
     row = {"psnr": metrics.psnr(sr_q, gt_q, data_range=max_value),
            "ssim": metrics.ssim(sr_q, gt_q, data_range=max_value, convention=convention)}
-    inside = anatomy_mask(gt, options.protocol)
     if inside is not None and inside.any():
         row["psnr_inside"] = metrics.psnr(sr_q, gt_q, data_range=max_value, mask=inside)
         row["ssim_inside"] = metrics.ssim(sr_q, gt_q, data_range=max_value, convention=convention, mask=inside)
@@ -362,9 +362,11 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
         return evaluate_slice(sample, models, options, on_step)
     image = read_any(sample.image)
     lr, gt = make_pair(image, options.protocol, options.fit)
+    inside = anatomy_mask(gt, options.protocol)  # once per image, for every model
     gt_vessels = fov = annotation = None
     if options.protocol.vessels and gt.shape[0] == 3:
-        gt_vessels, fov = metrics.vesselness(_gray(gt, True)), metrics.field_of_view(gt)
+        gt_vessels = metrics.vesselness(_gray(gt, True))
+        fov = inside if options.protocol.anatomy == "fundus" else metrics.field_of_view(gt)
         if sample.annotation is not None:
             annotation = read_annotation(sample.annotation, options.protocol.gt_size)
     outputs, rows = {}, {}
@@ -374,7 +376,8 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
         out = np.clip(model.run(lr, (options.protocol.gt_size, options.protocol.gt_size)), 0, 1)
         for name, projected in variants(model, options.consistency):
             outputs[name] = enforce(out, lr) if projected else out
-            rows[name] = image_metrics(outputs[name], gt, image.max_value, options, gt_vessels, fov, annotation)
+            rows[name] = image_metrics(outputs[name], gt, image.max_value, options, inside, gt_vessels, fov,
+                                       annotation)
     if annotation is not None:
         rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov]),
                                 "thin_vessel_auc": metrics.thin_vessel_auc(gt_vessels, annotation, fov)}

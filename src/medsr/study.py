@@ -12,6 +12,7 @@ cannot be changed unless the study allows it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -205,11 +206,17 @@ def crop(path: str | Path, question_id: int, side: str) -> np.ndarray:
         folder = Path(config["reference"])
     else:
         raise KeyError(f"no {side} image")
-    item = next((i for i in open_collection([folder]).items if i.name == q.image), None)
-    if item is None:
+    found = _files_of(folder).get(q.image)
+    if found is None or not found.is_file():
         raise KeyError(f"{folder}: {q.image} is gone")
     x, y, w, h = q.region
-    return windowed(load(item.files[0]))[:, y : y + h, x : x + w]  # as the viewer starts: DICOM's window
+    return windowed(load(found))[:, y : y + h, x : x + w]  # as the viewer starts: DICOM's window
+
+
+@functools.lru_cache(maxsize=8)
+def _files_of(folder: Path) -> dict[str, Path]:
+    """A study folder's files by name, listed once (every question asks for three of them)."""
+    return {item.name: item.files[0] for item in open_collection([folder]).items}
 
 
 # ---------------------------------------------------------------------------------------------
