@@ -228,3 +228,27 @@ def test_finetuning_starts_from_the_published_generator(x4plus, train_dir, tmp_p
     assert np.isfinite(logs["l_pix"])
     moved = max((run.net_g.state_dict()[k] - v).abs().max().item() for k, v in published.items())
     assert 0 < moved < 1e-2  # one Adam step of 2e-4 per weight at most, roughly
+
+
+def test_training_images_are_decoded_once_and_batches_do_not_change(train_dir, monkeypatch):
+    """A GPU step takes milliseconds: decoding every crop's whole image again (as before) made the
+    data the bottleneck. Images are kept decoded within a memory budget; the batches stay the same."""
+    from medsr import data
+
+    def batches(budget: int) -> tuple[list[torch.Tensor], int]:
+        reads = []
+        real_read = data.read_image
+        monkeypatch.setattr(data, "read_image", lambda path: reads.append(path) or real_read(path))
+        images = data.HRImages(train_dir, gt_size=32, cache_bytes=budget)
+        order, crop = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+        out = [images.batch(2, order, crop) for _ in range(6)]  # 12 crops: 4 epochs of 3 images
+        return out, len(reads)
+
+    cached, cached_reads = batches(budget=1 << 30)
+    uncached, uncached_reads = batches(budget=0)
+    assert all(torch.equal(a, b) for a, b in zip(cached, uncached, strict=True))
+    assert cached_reads == 3  # the check at the start (one read each), then never again
+    assert uncached_reads == 3 + 12  # without room: every crop reads its image
+    half, half_reads = batches(budget=48 * 40 * 3 * 4)  # room for a.png alone (float32 RGB)
+    assert all(torch.equal(a, b) for a, b in zip(half, uncached, strict=True))
+    assert 3 < half_reads < 15

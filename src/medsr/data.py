@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medsr.devices import available_memory
 from medsr.image import Image
 from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
 from medsr.resize import resize_lanczos
@@ -25,11 +26,11 @@ def as_rgb(image: Image) -> torch.Tensor:
     return pixels.expand(3, -1, -1).clone() if pixels.shape[0] == 1 else pixels
 
 
-def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str, volumes: bool = False
-                  ) -> list[Path]:
+def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str, volumes: bool = False,
+                  keep: Callable[[Path, Image], None] | None = None) -> list[Path]:
     """The image files of ``folder`` (with ``volumes``, NIfTI volumes too) that decode whole and are
     at least ``min_side`` on both sides (a volume's slices). Others are listed in the error, or with
-    ``skip_bad`` in a warning and left out."""
+    ``skip_bad`` in a warning and left out. ``keep`` is given each usable image (not volume) as decoded."""
     files, problems = [], []
     for path in image_files(folder, volumes=volumes):
         try:
@@ -43,11 +44,13 @@ def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: st
             problems.append(f"{path}: {width}x{height} is smaller than the {min_side}-pixel crop")
         else:
             try:  # decoded once now: a file truncated after its header would stop the run hours later
-                read_volume(path) if is_nifti(path) else read_image(path)
+                decoded = read_volume(path) if is_nifti(path) else read_image(path)
             except ImageError as exc:
                 problems.append(str(exc))
                 continue
             files.append(path)
+            if keep is not None and not is_nifti(path):
+                keep(path, decoded)
     if problems and not skip_bad:
         raise ValueError(f"{folder}: {len(problems)} of the {what} images cannot be used (set data.skip_bad "
                          "to leave them out):\n  " + "\n  ".join(problems))
@@ -82,12 +85,19 @@ class HRImages:
 
     The epoch order comes from ``order_generator`` (the same on every rank); each rank takes its
     share of every epoch. Crops and flips come from ``crop_generator``.
+
+    Images stay decoded (float32, as read) while they fit in ``cache_bytes`` (default: a quarter of the
+    memory available at the start, shared by the ranks); the rest are read again for each crop. A GPU
+    step takes milliseconds, decoding a whole photograph for every crop tens of them.
     """
 
     def __init__(self, folder: str | Path, *, gt_size: int, use_hflip: bool = True, rank: int = 0,
-                 world_size: int = 1, skip_bad: bool = False) -> None:
+                 world_size: int = 1, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
         self.folder = Path(folder)
-        files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training", volumes=True)
+        self.decoded: dict[Path, torch.Tensor] = {}
+        self._room = (available_memory() or 0) // (4 * world_size) if cache_bytes is None else cache_bytes
+        files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training", volumes=True,
+                              keep=self._keep)
         self.volumes: dict[Path, np.ndarray] = {}  # slices of each volume, read once (volumes are compressed)
         self.items: list[tuple[Path, int | None]] = []  # (image, None) or (volume, slice)
         for path in files:
@@ -102,6 +112,12 @@ class HRImages:
         self.gt_size, self.use_hflip, self.rank, self.world_size = gt_size, use_hflip, rank, world_size
         self.order: list[int] = []
         self.position = 0
+
+    def _keep(self, path: Path, image: Image) -> None:
+        pixels = torch.from_numpy(image.pixels)
+        if pixels.nbytes <= self._room:
+            self.decoded[path] = pixels
+            self._room -= pixels.nbytes
 
     def _names(self) -> list[str]:
         return [str(p.relative_to(self.folder)) + ("" if k is None else f"#{k}") for p, k in self.items]
@@ -150,11 +166,13 @@ class HRImages:
         crops = []
         for _ in range(batch_size):
             path, index = self.items[self._next_index(order_generator)]
-            if index is None:
-                image = as_rgb(read_image(path))
+            if index is not None:
+                pixels = torch.from_numpy(self.volumes[path][:, :, index])[None]
+            elif path in self.decoded:
+                pixels = self.decoded[path]
             else:
-                image = torch.from_numpy(self.volumes[path][:, :, index])[None].expand(3, -1, -1)
-            crops.append(self.crop(image, crop_generator).contiguous())
+                pixels = torch.from_numpy(read_image(path).pixels)
+            crops.append(self.crop(pixels.expand(3, -1, -1), crop_generator).contiguous())
         return torch.stack(crops)
 
 
