@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, pretrained, state_dicts
+from medsr import checkpoint, files, pretrained, state_dicts
 from medsr.cli import main
 from medsr.config import build_config
 from medsr.nets.unet import unet_discriminator
@@ -252,3 +252,16 @@ def test_training_images_are_decoded_once_and_batches_do_not_change(train_dir, m
     half, half_reads = batches(budget=48 * 40 * 3 * 4)  # room for a.png alone (float32 RGB)
     assert all(torch.equal(a, b) for a, b in zip(half, uncached, strict=True))
     assert 3 < half_reads < 15
+
+
+def test_export_is_byte_for_byte_reproducible(train_dir, tmp_path):
+    """The same checkpoint exports to the same bytes in every process, so that a digest of an export
+    can be checked by exporting again (safetensors writes its metadata in a per-process hash order)."""
+    finetune(tiny(train_dir), tmp_path / "run")
+    digests = set()
+    for i in range(4):
+        out = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-m", "medsr.cli", "export", str(tmp_path / "run" / "latest.pth"),
+                        "-o", str(out)], check=True, capture_output=True)
+        digests.add(files.sha256(out))
+    assert len(digests) == 1

@@ -497,7 +497,9 @@ def export(checkpoint_path: str | Path, output: str | Path, *, overwrite: bool =
         if tensor.abs().max() > fp16_max:
             raise ValueError(f"{checkpoint_path}: tensor {name!r} has values beyond fp16's {fp16_max:g}; not exported")
     tensors = {k: v.half().contiguous() for k, v in state["net_g_ema"].items()}
-    metadata = {"iteration": str(state["iteration"]), "source": "medsr finetune"}
+    # One key: safetensors writes several in an order that changes from process to process, and an
+    # export should be the same bytes every time (its digest can then be checked by exporting again).
+    metadata = {"iteration": str(state["iteration"])}
     files.write_atomic(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     os.chmod(output, 0o644)  # an ordinary readable file, whatever the writer's temporary mode
     return output
