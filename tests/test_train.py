@@ -1,6 +1,7 @@
 """Fine-tuning: networks and their official layouts, the loop, exact resume, config, DDP."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -265,3 +266,24 @@ def test_export_is_byte_for_byte_reproducible(train_dir, tmp_path):
                         "-o", str(out)], check=True, capture_output=True)
         digests.add(files.sha256(out))
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_saves_where_it_stopped_and_resumes_exactly(train_dir, tmp_path, sig):
+    """Ctrl-C or a scheduler's SIGTERM (a time limit) ends the iteration under way, saves, and exits
+    with 130; resuming then gives the iterations of a run that never stopped."""
+    settings = (*TINY, "run.iterations=60", "run.save_every=1000", "run.bf16=false", f"data.train={train_dir}")
+    straight = finetune(build_config(overrides=settings), tmp_path / "a")
+    args = [sys.executable, "-m", "medsr.cli", "finetune", "-o", str(tmp_path / "b"),
+            *sum((["--set", s] for s in settings), [])]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("iter 3/"):
+                proc.send_signal(sig)
+                break
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped = checkpoint.load(tmp_path / "b" / "latest.pth")["iteration"]
+    assert 3 <= stopped < 60 and f"stopped at iteration {stopped}" in out
+    rest = finetune(build_config(overrides=settings), tmp_path / "b", resume=True)
+    assert rest == straight[stopped:]

@@ -11,6 +11,8 @@ import copy
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -382,6 +384,8 @@ def finetune(config: TrainConfig, run_dir: str | Path, *, resume: bool = False) 
 
     A new run refuses a folder that already holds a checkpoint; ``resume`` continues from
     ``run_dir/latest.pth`` so that N iterations, a stop and M more equal N + M uninterrupted.
+    SIGINT or SIGTERM in a single-process run saves the iteration under way and raises
+    KeyboardInterrupt (``StopRequests``).
     """
     run_dir = Path(run_dir)
     if not config.data.train:
@@ -438,7 +442,40 @@ def _check_resumable(config: TrainConfig, stored: TrainConfig, path: Path) -> No
                          f"{'; '.join(changed)} (start a new run for that)")
 
 
+class StopRequests:
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's time limit) during a single-process run in the main
+    thread: noted, so that the loop ends the iteration under way and saves before it stops; a
+    second signal acts at once. Elsewhere (DDP: the other ranks would wait for this one; threads)
+    signals keep their usual effect."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, run: Run) -> None:
+        self.active = run.world_size == 1 and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.requested = True
+        for sig, handler in self._previous.items():  # the next signal stops at once
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopRequests:
+        if self.active:
+            self._previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
+    with StopRequests(run) as stop:
+        return _iterate_until_stopped(run, logger, stop)
+
+
+def _iterate_until_stopped(run: Run, logger: Logger, stop: StopRequests) -> list[dict[str, float]]:
     config = run.config
     if not run.warmup_done:
         warm_up_discriminator(run, logger.line)
@@ -446,6 +483,11 @@ def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
     history, start, total = [], time.perf_counter(), config.run.iterations
     first = run.iteration
     while run.iteration < total:
+        if stop.requested:
+            save(run)
+            logger.line(f"stopped at iteration {run.iteration} and saved it: resume the run to go on")
+            logger.close()
+            raise KeyboardInterrupt
         run.iteration += 1
         try:
             logs, lq, sr = train_step(run)
