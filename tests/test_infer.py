@@ -186,3 +186,38 @@ def test_a_prepared_copy_is_reused_until_the_weights_change():
     assert again is not first
     torch.testing.assert_close(next(again.parameters()).float(), next(net.parameters()).bfloat16().float())
     assert net.training and next(net.parameters()).dtype == torch.float32  # the caller's network unchanged
+
+
+def _fake_cgroups(root, proc_line: str, files: dict[str, str]):
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "self-cgroup").write_text(proc_line)
+    return root / "self-cgroup"
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_available_memory_respects_the_cgroup_limit(tmp_path, monkeypatch, version):
+    """In a container or a SLURM job the limit is the cgroup's, not the host's free memory that psutil
+    reports; reclaimable page cache (inactive files) does not count as used. Numbers made up here."""
+    from medsr import devices
+
+    gib = 1 << 30
+    if version == "v2":  # the job's group (4 GiB) inside a parent without a limit
+        proc = _fake_cgroups(tmp_path, "0::/job/step\n", {
+            "job/memory.max": "max\n",
+            "job/step/memory.max": f"{4 * gib}\n", "job/step/memory.current": f"{3 * gib}\n",
+            "job/step/memory.stat": f"anon 1\ninactive_file {gib}\nactive_file 5\n"})
+    else:  # v1: the memory controller's own hierarchy; the parent's limit (5 GiB) is above the child's
+        proc = _fake_cgroups(tmp_path, "4:memory:/job\n1:cpu:/\n", {
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "memory/job/memory.limit_in_bytes": f"{5 * gib}\n",
+            "memory/job/memory.usage_in_bytes": f"{4 * gib}\n",
+            "memory/job/memory.stat": f"inactive_file {gib}\ntotal_inactive_file {gib}\n"})
+    monkeypatch.setattr(devices, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(devices, "PROC_CGROUP", proc)
+    monkeypatch.setattr(devices.psutil, "virtual_memory", lambda: type("M", (), {"available": 100 * gib}))
+    assert devices.available_memory() == 2 * gib  # limit - (usage - inactive files)
+    monkeypatch.setattr(devices, "PROC_CGROUP", tmp_path / "absent")
+    assert devices.available_memory() == 100 * gib  # no cgroup information: psutil's figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import psutil
 import torch
@@ -40,12 +41,61 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def available_memory() -> int | None:
-    """Bytes of host memory available now (psutil; on Linux the kernel's ``MemAvailable``); None where
-    it cannot be read."""
+    """Bytes of memory available now: the host's (psutil; on Linux the kernel's ``MemAvailable``), or
+    less where this process's cgroup (a container, a SLURM job) has a lower limit; None where neither
+    can be read."""
     try:
-        return int(psutil.virtual_memory().available)
+        host = int(psutil.virtual_memory().available)
     except (OSError, RuntimeError):
+        host = None
+    limited = [room for room in (host, _cgroup_room()) if room is not None]
+    return min(limited) if limited else None
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (v2: "max")
+
+
+def _cgroup_room() -> int | None:
+    """The least room under the memory limits of this process's cgroup and its ancestors: limit
+    minus usage, where reclaimable page cache (inactive files) is not counted as used. None
+    without a limit (or off Linux)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
         return None
+    rooms = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            names, base = ("memory.max", "memory.current", "inactive_file"), CGROUP_ROOT
+        elif "memory" in controllers.split(","):  # cgroup v1's memory hierarchy
+            names, base = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"), \
+                CGROUP_ROOT / "memory"
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for group in (folder, *folder.parents):  # in a cgroup namespace the group is the root itself
+            rooms.append(_room_in(group, *names))
+            if group == base:
+                break
+    rooms = [room for room in rooms if room is not None]
+    return min(rooms) if rooms else None
+
+
+def _room_in(group: Path, limit_name: str, usage_name: str, inactive_name: str) -> int | None:
+    try:
+        limit = (group / limit_name).read_text().strip()
+        if not limit.isdigit() or int(limit) >= UNLIMITED:
+            return None
+        usage = int((group / usage_name).read_text())
+        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    return max(int(limit) - usage + int(stat.get(inactive_name, 0)), 0)
 
 
 # ---------------------------------------------------------------------------------------------
