@@ -272,9 +272,8 @@ def train_step(run: Run) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         logs |= d_step(run, gt, sr)
         run.sched_d.step()
     decay = run.config.model.ema_decay
-    with torch.no_grad():
-        for ema, p in zip(run.net_g_ema.parameters(), run.net_g.parameters(), strict=True):
-            ema.lerp_(p, 1 - decay)
+    with torch.no_grad():  # one multi-tensor launch on CUDA instead of ~700 small ones
+        torch._foreach_lerp_(list(run.net_g_ema.parameters()), list(run.net_g.parameters()), 1 - decay)
     run.sched_g.step()
     return logs, lq, sr.detach()
 
