@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a folder of training images (default: generated)")
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.device.startswith("cuda"):
+        print(f"{torch.cuda.get_device_name()}; fp32 convolutions in TF32 where cuDNN allows it "
+              f"(allow_tf32={torch.backends.cudnn.allow_tf32}); bf16 = autocast, weights and optimiser fp32")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = args.data or folder / "hr"

@@ -90,6 +90,12 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"{name}; torch {torch.__version__}; {args.precision}; input {array.shape[1]}x{array.shape[0]} "
           f"{'gray' if array.ndim == 2 else 'RGB'} 8-bit; best of {args.repeats}")
+    if args.precision == "fp16":  # the same precision named, not the same arithmetic
+        print("fp16: medsr on CUDA autocasts (weights fp32, convolutions in fp16); upstream casts the whole "
+              "network to fp16 (half=True)")
+    elif device.type == "cuda":
+        print(f"fp32: convolutions in TF32 where cuDNN allows it (allow_tf32={torch.backends.cudnn.allow_tf32}), "
+              "on both sides")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for label, tile in (("whole", 0), (f"tiles of {args.tile}", args.tile)):

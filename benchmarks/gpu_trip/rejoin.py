@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
+
 from medsr import files, weights
 
 
@@ -39,6 +41,14 @@ def main() -> None:
         candidate = Path(tmp) / "retina-gpu.safetensors"
         candidate.write_bytes(joined)
         model = weights.load_model(candidate)  # an RRDBNet generator medsr can run, or an error
+        with safe_open(candidate, "pt") as f:
+            iteration = int(f.metadata()["iteration"])
+    if iteration != expected["iteration"]:
+        sys.exit(f"the file says iteration {iteration}, model.json {expected['iteration']}")
+    phases = args.folder / "phases.jsonl"
+    if phases.is_file():
+        for line in phases.read_text().splitlines():
+            print("phase {phase}: status {status} after {seconds} s".format(**json.loads(line)))
     files.write_atomic(args.output, joined, overwrite=False)
     print(f"{args.output}: {len(pieces)} pieces, SHA-256 {digest}, iteration {expected['iteration']}, "
           f"{model.architecture or 'RRDBNet'} x{model.scale}")

@@ -14,6 +14,10 @@ light)
     mkdir -p "$(dirname "$EXCLUDE")"
     grep -qxF "$RULE" "$EXCLUDE" 2>/dev/null || echo "$RULE" >>"$EXCLUDE"
     git rm -r -q --cached --ignore-unmatch -- "$MODELS"/*.safetensors
+    if [ -d .gpu-trip ]; then  # which code travels (.git does not): trip.sh prints it into its log
+        { echo "medsr $(git rev-parse HEAD), $(git status --porcelain --untracked-files=no -- . ":!$MODELS" \
+            | wc -l) changed file(s) not committed"; } >.gpu-trip/commit.txt
+    fi
     echo "the shipped models stay here and out of the trip; run '$0 restore' after it (commit nothing before)" ;;
 restore)
     [ -f "$EXCLUDE" ] && sed -i "\\|^$(printf '%s' "$RULE" | sed 's/[*.]/\\&/g')\$|d" "$EXCLUDE"
