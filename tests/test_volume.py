@@ -152,6 +152,40 @@ def test_scl_slope_and_header_codes_are_kept(tmp_path):
     assert nibabel.aff2axcodes(back.affine) == nibabel.aff2axcodes(volume.affine)
 
 
+def test_a_qform_that_differs_from_the_sform_keeps_its_own_geometry(tmp_path):
+    """Scanners write the scanner frame in the qform and a registered frame in the sform: each is
+    scaled for the new grid; neither is replaced by the other."""
+    data = smooth_volume((12, 16, 5))
+    qform = oblique_affine()
+    sform = oblique_affine((0.8, 0.9, 3.0)) @ np.diag([1.0, 1.0, 1.0, 1.0])
+    sform[:3, 3] += [5.0, -3.0, 2.0]  # a registration: the same grid, moved
+    image = nibabel.Nifti1Image(data, sform)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    image.to_filename(str(tmp_path / "v.nii.gz"))
+    write_volume(tmp_path / "o.nii.gz", medsr.upscale(read_volume(tmp_path / "v.nii.gz"), model=nearest()))
+    back = nibabel.load(tmp_path / "o.nii.gz").header
+    scales = {0: 2.0, 1: 2.0}
+    np.testing.assert_allclose(back.get_qform(), scaled_affine(qform, scales), atol=1e-5)
+    np.testing.assert_allclose(back.get_sform(), scaled_affine(sform, scales), atol=1e-5)
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (1, 2)
+
+
+def test_a_volume_without_orientation_stays_without(tmp_path):
+    """Both codes 0 mean "no orientation known" (readers use the voxel sizes alone): the output must
+    not claim an aligned frame (sform code 2) that the input never had."""
+    image = nibabel.Nifti1Image(smooth_volume((12, 16, 5)), np.diag([0.8, 0.9, 3.0, 1.0]))
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    image.header.set_zooms((0.8, 0.9, 3.0))
+    image.to_filename(str(tmp_path / "v.nii.gz"))
+    assert (int(nibabel.load(tmp_path / "v.nii.gz").header["sform_code"])) == 0
+    write_volume(tmp_path / "o.nii.gz", medsr.upscale(read_volume(tmp_path / "v.nii.gz"), model=nearest()))
+    back = nibabel.load(tmp_path / "o.nii.gz").header
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (0, 0)
+    np.testing.assert_allclose(back.get_zooms(), (0.4, 0.45, 3.0), rtol=1e-6)
+
+
 def test_the_slice_axis_is_the_largest_spacing_and_isotropic_needs_a_choice(tmp_path):
     data = smooth_volume((6, 8, 10))
     anisotropic = Volume(data=data, affine=np.diag([3.0, 1, 1, 1]), source="a")

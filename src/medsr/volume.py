@@ -137,10 +137,10 @@ def _write_nifti(path: Path, volume: Volume) -> None:
     header = volume.header.copy() if volume.header is not None else nibabel.Nifti1Header()
     kind = nibabel.Nifti2Image if isinstance(header, nibabel.Nifti2Header) else nibabel.Nifti1Image
     header.set_data_dtype(volume.data.dtype)
-    image = kind(volume.data, volume.affine, header)
-    qform_code, sform_code = (int(header[name]) for name in ("qform_code", "sform_code"))
-    image.set_qform(volume.affine, code=qform_code)
-    image.set_sform(volume.affine, code=sform_code if sform_code or qform_code else 2)
+    image = kind(volume.data, None, header)  # the forms are set below, each from its own matrix
+    qform, sform = _forms(volume)
+    image.set_qform(qform[0], code=qform[1])
+    image.set_sform(sform[0], code=sform[1])
     if np.issubdtype(volume.data.dtype, np.integer):
         image.header.set_slope_inter(volume.slope, volume.inter)
     else:
@@ -229,6 +229,21 @@ def upscale_volume(volume: Volume, run: Callable[[Image, tuple[float, float]], I
     return replace(volume, data=np.moveaxis(data, 2, axis), affine=scaled_affine(volume.affine, scales),
                    model=outputs[0].model, consistency=Consistency.worst([o.consistency for o in outputs
                                                                           if o.consistency]))
+
+
+def _forms(volume: Volume) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]:
+    """(qform, code), (sform, code) for writing ``volume``. A file's two forms can differ (the scanner
+    frame and a registered one): each is carried onto the new grid by the same change of voxel
+    indices that took the affine read (the header's best) to ``volume.affine``, codes kept; a form
+    with code 0 gets the affine. Without a header (an array and an affine), that affine is the sform,
+    "aligned" (code 2)."""
+    if volume.header is None:
+        return (volume.affine, 0), (volume.affine, 2)
+    header = volume.header
+    grid = np.linalg.inv(header.get_best_affine()) @ volume.affine  # new voxel index -> old voxel index
+    codes = int(header["qform_code"]), int(header["sform_code"])
+    stored = header.get_qform(), header.get_sform()
+    return tuple((form @ grid, code) if code else (volume.affine, 0) for form, code in zip(stored, codes, strict=True))
 
 
 def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
