@@ -213,6 +213,19 @@ def test_a_tiff_with_orientation_6_is_read_upright(tmp_path):
     np.testing.assert_array_equal(medsr.read_image(tmp_path / "o6.tif").to_array(), np.rot90(stored, -1))
 
 
+@pytest.mark.parametrize("name, pixels", [("o6.jpg", random_image(12, 20, 3)),
+                                          ("o6-16bit.png", random_image(12, 20, 1, np.uint16)[..., 0])])
+def test_a_turned_picture_keeps_its_resolution_on_the_right_axes(tmp_path, name, pixels):
+    """Orientations 5-8 swap width and height, so the horizontal and vertical resolutions swap too:
+    72 x 300 dpi stored sideways is 300 x 72 dpi upright (and written so)."""
+    PILImage.fromarray(pixels).save(tmp_path / name, exif=_exif_orientation(6), dpi=(72, 300))
+    image = medsr.read_image(tmp_path / name)
+    assert tuple(round(v) for v in image.meta["dpi"]) == (300, 72)
+    medsr.write_image(tmp_path / "out.png", image)
+    with PILImage.open(tmp_path / "out.png") as out:
+        assert tuple(round(v) for v in out.info["dpi"]) == (300, 72)
+
+
 def test_an_animated_png_is_refused_not_cut_to_its_first_frame(tmp_path):
     frames = [PILImage.fromarray(random_image(16, 16, 3, seed=i)) for i in range(3)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])

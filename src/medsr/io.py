@@ -52,8 +52,9 @@ def _read_pillow(path: Path, options: ReadOptions) -> Image:
                 raise ImageError(f"{path}: {kind} of {im.n_frames} frames; medsr reads single images "
                                  "(save the frames as separate files, or as a multi-page TIFF)")
             tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0  # the transposed copy has no format
+            orientation = im.getexif().get(0x0112)
             im = ImageOps.exif_transpose(im)  # as viewers show it; the output is written upright, untagged
-            meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
+            meta = upright_meta({k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}, orientation)
             mode = im.mode
             if mode.startswith("I;16") or mode == "I":
                 array = np.asarray(im)
@@ -122,6 +123,14 @@ def upright(array: np.ndarray, orientation: int | None) -> np.ndarray:
     return np.ascontiguousarray(turn(array)) if turn else array
 
 
+def upright_meta(meta: dict, orientation: int | None) -> dict:
+    """``meta`` for the upright picture: orientations 5-8 swap width and height, and so the
+    horizontal and vertical resolutions."""
+    if int(orientation or 1) in (5, 6, 7, 8) and "dpi" in meta:
+        meta = {**meta, "dpi": tuple(reversed(meta["dpi"]))}
+    return meta
+
+
 def _png_bit_depth(path: Path) -> int:
     """Bit depth from the PNG header (IHDR byte 24): Pillow hides 16-bit colour."""
     with open(path, "rb") as f:
@@ -145,7 +154,7 @@ def _read_png(path: Path, options: ReadOptions) -> Image:
         declared = (2**bits - 1, f"PNG sBIT: {bits} significant bits")
     with PILImage.open(path) as im:  # what Pillow reads right at 16 bits: the chunks, and gray pixels
         orientation = im.getexif().get(0x0112)
-        meta = {k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}
+        meta = upright_meta({k: im.info[k] for k in ("dpi", "icc_profile") if k in im.info}, orientation)
         if reader.planes == 1:  # exactly, and far faster than pypng
             array = np.asarray(im).astype(np.uint16)
     if reader.planes > 1:  # Pillow reads 16-bit colour as 8-bit.
