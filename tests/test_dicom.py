@@ -395,3 +395,11 @@ def test_a_malformed_pixel_spacing_is_left_out_and_the_position_kept(tmp_path, s
     assert list(out.ImagePositionPatient) == list(ds.ImagePositionPatient)  # cannot be moved without spacing
     assert "PixelSpacing" not in out  # kept, it would be wrong for pixels 4 times smaller
     assert "ct.dcm: PixelSpacing" in caplog.text
+
+
+def test_the_window_is_reported_in_stored_values_for_monochrome1(cxr12):
+    """The file's window 1500,2000 spans stored 500..2499 (PS3.3 C.11.2.1.2.1: centre - 0.5 -+ (width - 1) / 2,
+    slope 1); MONOCHROME1's flip is in the display, not in the stored values the report names."""
+    path, _ = cxr12
+    reason = read_image(path, ReadOptions(window="voi")).range_reason
+    assert "the network sees the window, stored 500..2499" in reason

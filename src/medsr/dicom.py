@@ -63,11 +63,14 @@ class StoredRange:
         unit = np.clip(unit, 0, 1) if clip else unit
         return (1 - unit if self.invert else unit).astype(np.float32)
 
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """The stored values (float64, not rounded) that ``to_unit`` maps to ``unit``."""
+        unit = np.asarray(unit, np.float64)
+        return (1 - unit if self.invert else unit) * (self.high - self.low) + self.low
+
     def to_stored(self, unit: np.ndarray, dtype: np.dtype, bits_stored: int) -> np.ndarray:
-        unit = 1 - unit.astype(np.float64) if self.invert else unit.astype(np.float64)
         lowest, highest = stored_limits(dtype, bits_stored)
-        stored = np.rint(unit * (self.high - self.low) + self.low)
-        return np.clip(stored, lowest, highest).astype(dtype)
+        return np.clip(np.rint(self.from_unit(unit)), lowest, highest).astype(dtype)
 
 
 def stored_limits(dtype: np.dtype, bits_stored: int) -> tuple[int, int]:
@@ -225,8 +228,8 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     meta = {"dicom": ds, "dicom_range": mapping, "dicom_dtype": stored.dtype.newbyteorder("="), "dicom_bits": bits}
     reason = f"DICOM: {ds.BitsStored} bits stored, {mapping.low:g}..{mapping.high:g}"
     if window is not None:
-        reason += f"; the network sees the window, stored {window[0] * (mapping.high - mapping.low) + mapping.low:g}.."
-        reason += f"{window[1] * (mapping.high - mapping.low) + mapping.low:g}"
+        ends = sorted(float(v) for v in mapping.from_unit(np.array(window)))
+        reason += f"; the network sees the window, stored {ends[0]:g}..{ends[1]:g}"
     frames = []
     for frame in stored:
         pixels = mapping.to_unit(frame)
