@@ -216,6 +216,29 @@ def test_results_by_hand(tmp_path):
     assert json.loads((tmp_path / "results" / "results.json").read_text())["answers"] == 8
 
 
+def test_the_interval_that_resamples_readers_and_images(tmp_path):
+    """Answers about one image (its regions) and from one reader are not independent. A method that
+    wins every region of one image and loses every region of the other has a pooled share of 1/2;
+    Wilson's interval, counting 40 answers as independent, is narrow; resampling the two images (and
+    the readers) gives shares from 0 to 1, and the interval must say so."""
+    data = folders(tmp_path, names=("a", "b"))
+    path = tmp_path / "s.sqlite"
+    study.build({"good": data / "outputs", "dark": data / "outputs2"}, path, regions=10, size=16, seed=3)
+    for q in (study.question(path, i) for i in range(1, 21)):
+        wins = q.image == "a"
+        for reader in ("Ann", "Bo"):
+            good_side = "left" if q.left == "good" else "right"
+            study.answer(path, reader=reader, question_id=q.id,
+                         choice=good_side if wins else ("right" if good_side == "left" else "left"))
+    good = study.results(path)["pooled"]["good"]
+    assert good["share"] == 0.5 and good["shown"] == 40
+    wilson_low, wilson_high = good["ci95"]
+    assert wilson_high - wilson_low < 0.32  # 0.352 .. 0.648
+    low, high = good["ci95_readers_images"]
+    assert low == 0.0 and high == 1.0  # one image drawn twice is a possible resample, either way
+    assert study.results(path)["pooled"]["good"]["ci95_readers_images"] == [low, high]  # seeded: the same
+
+
 def test_study_commands(tmp_path, capsys):
     data = folders(tmp_path)
     out = tmp_path / "study.sqlite"

@@ -616,8 +616,10 @@ def run_study(args: argparse.Namespace) -> int:
     found = study.results(args.study)
     print(f"{found['answers']} answers to {found['questions']} questions by {len(found['readers'])} reader(s)")
     for method, v in found["pooled"].items():
-        print(f"  {method}: preferred {v['preferred']} of {v['shown']}, {v['share']:.2f} "
-              f"[{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+        low, high = v["ci95_readers_images"]
+        print(f"  {method}: preferred {v['preferred']} of {v['shown']}, {v['share']:.2f}, 95% interval "
+              f"[{low:.2f}, {high:.2f}] with readers and images drawn again "
+              f"(Wilson, answers as independent: [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}])")
     for a in found["agreement"]:
         print(f"  {' & '.join(a['readers'])}: {a['questions']} common questions, same choice {a['agreement']:.2f}, "
               f"kappa {a['kappa']:.2f}")

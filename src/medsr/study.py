@@ -246,6 +246,38 @@ def _preference(rows) -> dict:
                 "ci95": list(wilson(won.get(m, 0), n))} for m, n in sorted(shown.items())}
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def readers_images_interval(rows, seed: int = 0) -> dict[str, list[float]]:
+    """Per method, the 95% percentile interval of its share when readers and images are both drawn
+    again with replacement (the multi-reader multi-case bootstrap): one reader's answers, and the
+    answers about one image's regions, move together instead of counting as independent. ``rows``:
+    (reader, image, left, right, choice). NaN with fewer than two images; with one reader it speaks
+    for that reader's judgement alone."""
+    readers, images = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    methods = sorted({m for r in rows for m in r[2:4]})
+    if len(images) < 2:
+        return {m: [math.nan, math.nan] for m in methods}
+    rng = np.random.default_rng(seed)
+    reader_draws = rng.multinomial(len(readers), np.full(len(readers), 1 / len(readers)), size=BOOTSTRAP_RESAMPLES)
+    image_draws = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=BOOTSTRAP_RESAMPLES)
+    reader_index, image_index = {r: i for i, r in enumerate(readers)}, {m: i for i, m in enumerate(images)}
+    intervals = {}
+    for method in methods:
+        won, shown = np.zeros((2, len(readers), len(images)))
+        for reader, image, left, right, choice in rows:
+            if method in (left, right):
+                cell = reader_index[reader], image_index[image]
+                shown[cell] += 1
+                won[cell] += (left if choice == "left" else right) == method
+        wins = np.einsum("br,ri,bi->b", reader_draws, won, image_draws)
+        counts = np.einsum("br,ri,bi->b", reader_draws, shown, image_draws)
+        shares = wins[counts > 0] / counts[counts > 0]
+        intervals[method] = [float(np.percentile(shares, 2.5)), float(np.percentile(shares, 97.5))]
+    return intervals
+
+
 def cohen_kappa(a: list[str], b: list[str]) -> float:
     """Cohen's kappa of two readers' choices on the same questions (1: full agreement, 0: chance)."""
     if not a:
@@ -258,12 +290,13 @@ def cohen_kappa(a: list[str], b: list[str]) -> float:
 
 def results(path: str | Path) -> dict:
     """Preference per method, pooled and per reader (share of the comparisons it was in that
-    readers preferred it, Wilson 95% intervals that count every answer as independent: several
-    readers and regions of one image make them too narrow), and agreement between readers on the
-    questions both answered (share of equal choices and Cohen's kappa of the side chosen)."""
+    readers preferred it, with Wilson 95% intervals, which count every answer as independent, and,
+    pooled, the interval of the readers-and-images bootstrap, which does not), and agreement between
+    readers on the questions both answered (share of equal choices and Cohen's kappa of the side
+    chosen)."""
     with closing(_connect(Path(path))) as db:
         rows = db.execute("SELECT a.reader, q.id, q.left_method, q.right_method, a.choice, a.artefacts_left, "
-                          "a.artefacts_right, a.seconds FROM answers a JOIN questions q ON q.id = a.question "
+                          "a.artefacts_right, a.seconds, q.image FROM answers a JOIN questions q ON q.id = a.question "
                           "ORDER BY a.reader, q.position").fetchall()
         total = db.execute("SELECT COUNT(*) FROM questions").fetchone()[0]
     readers = sorted({r[0] for r in rows})
@@ -283,10 +316,13 @@ def results(path: str | Path) -> dict:
             if score is not None:
                 artefacts.setdefault(method, []).append(score)
     seconds = [r[7] for r in rows if r[7] is not None]
+    pooled = _preference([r[2:5] for r in rows])
+    for method, interval in readers_images_interval([(r[0], r[8], *r[2:5]) for r in rows]).items():
+        pooled[method]["ci95_readers_images"] = interval
     return {
         "study": str(path), "questions": total, "answers": len(rows), "readers": readers,
         "settings": settings(path),
-        "pooled": _preference([r[2:5] for r in rows]),
+        "pooled": pooled,
         "per_reader": {reader: _preference([r[2:5] for r in rows if r[0] == reader]) for reader in readers},
         "agreement": agreement,
         "artefacts": {m: {"mean": float(np.mean(v)), "n": len(v)} for m, v in sorted(artefacts.items())},
@@ -306,14 +342,22 @@ def write_results(path: str | Path, folder: str | Path) -> Path:
     write_atomic(folder / "results.json", json.dumps(strict_json(found), indent=2, allow_nan=False).encode())
 
     def table(preference: dict) -> str:
+        pooled = any("ci95_readers_images" in v for v in preference.values())
         rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{v['preferred']} / {v['shown']}</td>"
-                       f"<td>{v['share']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]</td></tr>"
-                       for m, v in preference.items())
-        return f"<table><tr><th>method</th><th>preferred / shown</th><th>share [95% interval]</th></tr>{rows}</table>"
+                       f"<td>{v['share']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]</td>"
+                       + (f"<td>[{v['ci95_readers_images'][0]:.2f}, {v['ci95_readers_images'][1]:.2f}]</td>"
+                          if pooled else "") + "</tr>" for m, v in preference.items())
+        extra = "<th>95% interval, readers and images resampled</th>" if pooled else ""
+        return (f"<table><tr><th>method</th><th>preferred / shown</th><th>share [Wilson 95% interval]</th>{extra}"
+                f"</tr>{rows}</table>")
+
+    def drawn(v: dict) -> list[float]:  # the honest interval where there is one
+        interval = v.get("ci95_readers_images", [math.nan])
+        return v["ci95"] if math.isnan(interval[0]) else interval
 
     bars, width = [], 360
     for i, (method, v) in enumerate(found["pooled"].items()):
-        y, low, high = 30 + 40 * i, v["ci95"][0], v["ci95"][1]
+        y, (low, high) = 30 + 40 * i, drawn(v)
         bars.append(f'<text x="0" y="{y + 14}">{html.escape(method)}</text>'
                     f'<rect x="160" y="{y}" width="{v["share"] * width:.1f}" height="20" fill="#4a7fb5"/>'
                     f'<line x1="{160 + low * width:.1f}" x2="{160 + high * width:.1f}" y1="{y + 10}" y2="{y + 10}" '
@@ -330,8 +374,9 @@ def write_results(path: str | Path, folder: str | Path) -> Path:
 </head><body><h1>Reader study results</h1>
 <p>{found['answers']} answers to {found['questions']} questions by {len(found['readers'])} reader(s).
 Question: {html.escape(found['settings']['question'])} Seed {html.escape(found['settings']['seed'])}.</p>
-<h2>Preference, pooled</h2><p>Share of the comparisons a method was in where it was preferred (Wilson 95%
-interval; 0.5 = no preference, the dashed line).</p>{plot}{table(found['pooled'])}
+<h2>Preference, pooled</h2><p>Share of the comparisons a method was in where it was preferred, with the
+95% interval of a bootstrap that draws readers and images again (with fewer than two images: Wilson's,
+which counts every answer as independent); 0.5 = no preference, the dashed line.</p>{plot}{table(found['pooled'])}
 <h2>Per reader</h2>{readers}
 <h2>Agreement between readers</h2><table><tr><th>readers</th><th>questions both answered</th>
 <th>same choice</th><th>Cohen's kappa</th></tr>{agreement}</table></body></html>"""
