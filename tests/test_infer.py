@@ -197,27 +197,39 @@ def _fake_cgroups(root, proc_line: str, files: dict[str, str]):
     return root / "self-cgroup"
 
 
-@pytest.mark.parametrize("version", ["v2", "v1"])
+@pytest.mark.parametrize("version", ["v2", "v1", "v1-parent", "namespace"])
 def test_available_memory_respects_the_cgroup_limit(tmp_path, monkeypatch, version):
     """In a container or a SLURM job the limit is the cgroup's, not the host's free memory that psutil
-    reports; reclaimable page cache (inactive files) does not count as used. Numbers made up here."""
+    reports; page cache (file pages the kernel reclaims) does not count as used. Numbers made up here:
+    each case leaves 2 GiB of room."""
     from medsr import devices
 
     gib = 1 << 30
-    if version == "v2":  # the job's group (4 GiB) inside a parent without a limit
+    if version == "v2":  # the job's step (4 GiB) inside a job without a limit
         proc = _fake_cgroups(tmp_path, "0::/job/step\n", {
             "job/memory.max": "max\n",
             "job/step/memory.max": f"{4 * gib}\n", "job/step/memory.current": f"{3 * gib}\n",
-            "job/step/memory.stat": f"anon 1\ninactive_file {gib}\nactive_file 5\n"})
-    else:  # v1: the memory controller's own hierarchy; the parent's limit (5 GiB) is above the child's
+            "job/step/memory.stat": f"anon 1\ninactive_file {gib // 2}\nactive_file {gib // 2}\n"})
+    elif version == "v1":  # v1 counts the group's own pages and, as total_*, its children's
         proc = _fake_cgroups(tmp_path, "4:memory:/job\n1:cpu:/\n", {
             "memory/memory.limit_in_bytes": "9223372036854771712\n",
             "memory/job/memory.limit_in_bytes": f"{5 * gib}\n",
             "memory/job/memory.usage_in_bytes": f"{4 * gib}\n",
-            "memory/job/memory.stat": f"inactive_file {gib}\ntotal_inactive_file {gib}\n"})
+            "memory/job/memory.stat": f"inactive_file 7\nactive_file 7\ntotal_inactive_file {gib // 4}\n"
+                                      f"total_active_file {3 * gib // 4}\n"})
+    elif version == "v1-parent":  # the parent's limit is the lower one
+        proc = _fake_cgroups(tmp_path, "4:memory:/job/step\n", {
+            "memory/job/memory.limit_in_bytes": f"{3 * gib}\n", "memory/job/memory.usage_in_bytes": f"{gib}\n",
+            "memory/job/memory.stat": "total_inactive_file 0\n",
+            "memory/job/step/memory.limit_in_bytes": f"{8 * gib}\n",
+            "memory/job/step/memory.usage_in_bytes": f"{gib}\n",
+            "memory/job/step/memory.stat": "total_active_file 0\n"})
+    else:  # a cgroup namespace: the listed path is not under the mount, whose root is the group itself
+        proc = _fake_cgroups(tmp_path, "0::/some/host/path\n", {
+            "memory.max": f"{3 * gib}\n", "memory.current": f"{gib}\n", "memory.stat": "inactive_file 0\n"})
     monkeypatch.setattr(devices, "CGROUP_ROOT", tmp_path)
     monkeypatch.setattr(devices, "PROC_CGROUP", proc)
     monkeypatch.setattr(devices.psutil, "virtual_memory", lambda: type("M", (), {"available": 100 * gib}))
-    assert devices.available_memory() == 2 * gib  # limit - (usage - inactive files)
+    assert devices.available_memory() == 2 * gib
     monkeypatch.setattr(devices, "PROC_CGROUP", tmp_path / "absent")
     assert devices.available_memory() == 100 * gib  # no cgroup information: psutil's figure

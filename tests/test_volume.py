@@ -184,6 +184,12 @@ def test_a_volume_without_orientation_stays_without(tmp_path):
     back = nibabel.load(tmp_path / "o.nii.gz").header
     assert (int(back["qform_code"]), int(back["sform_code"])) == (0, 0)
     np.testing.assert_allclose(back.get_zooms(), (0.4, 0.45, 3.0), rtol=1e-6)
+    # an affine given through the Python API says more than voxel sizes: it is written, as aligned
+    placed = replace(read_volume(tmp_path / "v.nii.gz"), affine=oblique_affine())
+    write_volume(tmp_path / "p.nii.gz", placed)
+    back = nibabel.load(tmp_path / "p.nii.gz")
+    assert int(back.header["sform_code"]) == 2
+    np.testing.assert_allclose(back.affine, oblique_affine(), atol=1e-5)
 
 
 def test_the_slice_axis_is_the_largest_spacing_and_isotropic_needs_a_choice(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import signal
 import sys
@@ -617,8 +618,9 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"{found['answers']} answers to {found['questions']} questions by {len(found['readers'])} reader(s)")
     for method, v in found["pooled"].items():
         low, high = v["ci95_readers_images"]
+        drawn = "n/a with one image" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
         print(f"  {method}: preferred {v['preferred']} of {v['shown']}, {v['share']:.2f}, 95% interval "
-              f"[{low:.2f}, {high:.2f}] with readers and images drawn again "
+              f"{drawn} with readers and images drawn again "
               f"(Wilson, answers as independent: [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}])")
     for a in found["agreement"]:
         print(f"  {' & '.join(a['readers'])}: {a['questions']} common questions, same choice {a['agreement']:.2f}, "

@@ -114,7 +114,8 @@ class HRImages:
         self.position = 0
 
     def _keep(self, path: Path, image: Image) -> None:
-        pixels = torch.from_numpy(image.pixels)
+        # a view (RGB of an RGBA array) would keep its whole base alive: keep a copy of its own
+        pixels = torch.from_numpy(image.pixels if image.pixels.base is None else image.pixels.copy())
         if pixels.nbytes <= self._room:
             self.decoded[path] = pixels
             self._room -= pixels.nbytes

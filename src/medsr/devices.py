@@ -59,8 +59,9 @@ UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (v2: "max")
 
 def _cgroup_room() -> int | None:
     """The least room under the memory limits of this process's cgroup and its ancestors: limit
-    minus usage, where reclaimable page cache (inactive files) is not counted as used. None
-    without a limit (or off Linux)."""
+    minus usage, where page cache (file pages, active or not, which the kernel reclaims under
+    pressure, as the host's MemAvailable counts them) is not counted as used. None without a limit
+    (or off Linux)."""
     try:
         lines = PROC_CGROUP.read_text().splitlines()
     except OSError:
@@ -71,10 +72,10 @@ def _cgroup_room() -> int | None:
             continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # cgroup v2
-            names, base = ("memory.max", "memory.current", "inactive_file"), CGROUP_ROOT
+            names, base = ("memory.max", "memory.current", ("inactive_file", "active_file")), CGROUP_ROOT
         elif "memory" in controllers.split(","):  # cgroup v1's memory hierarchy
-            names, base = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"), \
-                CGROUP_ROOT / "memory"
+            names, base = ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                           ("total_inactive_file", "total_active_file")), CGROUP_ROOT / "memory"
         else:
             continue
         folder = base / path.lstrip("/")
@@ -86,16 +87,17 @@ def _cgroup_room() -> int | None:
     return min(rooms) if rooms else None
 
 
-def _room_in(group: Path, limit_name: str, usage_name: str, inactive_name: str) -> int | None:
+def _room_in(group: Path, limit_name: str, usage_name: str, cache_names: tuple[str, ...]) -> int | None:
     try:
         limit = (group / limit_name).read_text().strip()
         if not limit.isdigit() or int(limit) >= UNLIMITED:
             return None
         usage = int((group / usage_name).read_text())
         stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
+        cache = sum(int(stat.get(name, 0)) for name in cache_names)  # file pages the kernel can reclaim
     except (OSError, ValueError):
         return None
-    return max(int(limit) - usage + int(stat.get(inactive_name, 0)), 0)
+    return max(int(limit) - usage + cache, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def upright(array: np.ndarray, orientation: int | None) -> np.ndarray:
 def upright_meta(meta: dict, orientation: int | None) -> dict:
     """``meta`` for the upright picture: orientations 5-8 swap width and height, and so the
     horizontal and vertical resolutions."""
-    if int(orientation or 1) in (5, 6, 7, 8) and "dpi" in meta:
+    if orientation in (5, 6, 7, 8) and "dpi" in meta:  # a malformed tag is ignored, as by exif_transpose
         meta = {**meta, "dpi": tuple(reversed(meta["dpi"]))}
     return meta
 

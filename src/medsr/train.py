@@ -442,48 +442,56 @@ def _check_resumable(config: TrainConfig, stored: TrainConfig, path: Path) -> No
 
 
 class StopRequests:
-    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's time limit) during a single-process run in the main
-    thread: noted, so that the loop ends the iteration under way and saves before it stops; a
-    second signal acts at once. Elsewhere (DDP: the other ranks would wait for this one; threads)
-    signals keep their usual effect."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's time limit) during the iterations of a
+    single-process run in the main thread: noted, so that the loop ends the iteration under way and
+    saves before it stops; a second signal acts at once. Elsewhere (the D warm-up, which saves
+    nothing before its end; DDP, where the other ranks would wait for this one; threads), and for a
+    signal the process ignores, signals keep their usual effect."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, run: Run) -> None:
         self.active = run.world_size == 1 and threading.current_thread() is threading.main_thread()
+        self.iteration = lambda: run.iteration
         self.requested = False
         self._previous: dict[int, object] = {}
 
     def _note(self, signum: int, frame: object) -> None:
         self.requested = True
-        for sig, handler in self._previous.items():  # the next signal stops at once
-            signal.signal(sig, handler)
+        self.__exit__()  # the next signal stops at once
+        log.info("%s: ending iteration %d and saving it (another stops at once)", signal.Signals(signum).name,
+                 self.iteration())
 
     def __enter__(self) -> StopRequests:
         if self.active:
-            self._previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous not in (signal.SIG_IGN, None):  # None: set outside Python, left alone
+                    self._previous[sig] = signal.signal(sig, self._note)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
 
 
 def _iterate(run: Run, logger: Logger) -> list[dict[str, float]]:
+    if not run.warmup_done:
+        warm_up_discriminator(run, logger.line)
+        save(run)
     with StopRequests(run) as stop:
         return _iterate_until_stopped(run, logger, stop)
 
 
 def _iterate_until_stopped(run: Run, logger: Logger, stop: StopRequests) -> list[dict[str, float]]:
     config = run.config
-    if not run.warmup_done:
-        warm_up_discriminator(run, logger.line)
-        save(run)
     history, start, total = [], time.perf_counter(), config.run.iterations
-    first = run.iteration
+    first = saved = run.iteration
     while run.iteration < total:
         if stop.requested:
-            save(run)
+            if saved != run.iteration:
+                save(run)
             logger.line(f"stopped at iteration {run.iteration} and saved it: resume the run to go on")
             logger.close()
             raise KeyboardInterrupt
@@ -503,6 +511,7 @@ def _iterate_until_stopped(run: Run, logger: Logger, stop: StopRequests) -> list
             logger.images(run.iteration, lq, sr)
         if run.iteration % config.run.save_every == 0 or run.iteration == total:
             save(run)
+            saved = run.iteration
     logger.close()
     return history
 

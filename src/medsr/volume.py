@@ -235,13 +235,21 @@ def _forms(volume: Volume) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, in
     """(qform, code), (sform, code) for writing ``volume``. A file's two forms can differ (the scanner
     frame and a registered one): each is carried onto the new grid by the same change of voxel
     indices that took the affine read (the header's best) to ``volume.affine``, codes kept; a form
-    with code 0 gets the affine. Without a header (an array and an affine), that affine is the sform,
-    "aligned" (code 2)."""
-    if volume.header is None:
-        return (volume.affine, 0), (volume.affine, 2)
+    with code 0 gets the affine. A file without either (only voxel sizes) stays so; an affine that
+    says more (given through the Python API, or without a header) is written as the sform, "aligned"
+    (code 2)."""
     header = volume.header
+    codes = (0, 0) if header is None else (int(header["qform_code"]), int(header["sform_code"]))
+    if codes == (0, 0):
+        from nibabel.volumeutils import shape_zoom_affine
+
+        # Nothing known but the voxel sizes (what readers fall back to): so it stays, unless the
+        # affine says more than that (one given through the Python API).
+        only_sizes = shape_zoom_affine(volume.data.shape[:3], volume.spacing, True)
+        if header is not None and np.allclose(volume.affine, only_sizes, atol=1e-4):
+            return (volume.affine, 0), (volume.affine, 0)
+        return (volume.affine, 0), (volume.affine, 2)
     grid = np.linalg.inv(header.get_best_affine()) @ volume.affine  # new voxel index -> old voxel index
-    codes = int(header["qform_code"]), int(header["sform_code"])
     stored = header.get_qform(), header.get_sform()
     return tuple((form @ grid, code) if code else (volume.affine, 0) for form, code in zip(stored, codes, strict=True))
 
