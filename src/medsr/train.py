@@ -451,8 +451,8 @@ class StopRequests:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, run: Run) -> None:
+        self.run = run
         self.active = run.world_size == 1 and threading.current_thread() is threading.main_thread()
-        self.iteration = lambda: run.iteration
         self.requested = False
         self._previous: dict[int, object] = {}
 
@@ -460,7 +460,7 @@ class StopRequests:
         self.requested = True
         self.__exit__()  # the next signal stops at once
         log.info("%s: ending iteration %d and saving it (another stops at once)", signal.Signals(signum).name,
-                 self.iteration())
+                 self.run.iteration)
 
     def __enter__(self) -> StopRequests:
         if self.active:
