@@ -211,7 +211,7 @@ def test_results_by_hand(tmp_path):
         "SELECT choice FROM answers WHERE reader = ? ORDER BY question", (r,))] for r in ("Ann", "Bo")}
     chance = sum(sides["Ann"].count(s) / 4 * sides["Bo"].count(s) / 4 for s in ("left", "right"))
     assert pair["agreement"] == 0.75 and pair["kappa"] == pytest.approx((0.75 - chance) / (1 - chance))
-    page = study.write_results(path, tmp_path / "results")
+    page = study.write_results(study.results(path), tmp_path / "results")
     assert "<svg" in page.read_text()
     assert json.loads((tmp_path / "results" / "results.json").read_text())["answers"] == 8
 
@@ -358,7 +358,7 @@ def test_study_in_a_browser_lands_in_sqlite_and_in_the_results(tmp_path, browser
     assert stored == [("Reader One", "left"), ("Reader One", "right"), ("Reader One", "left")]
     found = study.results(path)
     assert found["answers"] == 3 and sum(v["preferred"] for v in found["pooled"].values()) == 3
-    page = study.write_results(path, tmp_path / "results")
+    page = study.write_results(study.results(path), tmp_path / "results")
     browser.get(page.as_uri())
     assert "3 answers to 3 questions by 1 reader(s)" in browser.find_element("tag name", "body").text
     screenshot(browser, "study-results.png")

@@ -626,7 +626,7 @@ def run_study(args: argparse.Namespace) -> int:
         print(f"  {' & '.join(a['readers'])}: {a['questions']} common questions, same choice {a['agreement']:.2f}, "
               f"kappa {a['kappa']:.2f}")
     if args.output:
-        print(f"wrote {study.write_results(args.study, args.output)}")
+        print(f"wrote {study.write_results(found, args.output)}")
     return 0
 
 

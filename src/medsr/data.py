@@ -15,7 +15,7 @@ from medsr.devices import available_memory
 from medsr.image import Image
 from medsr.io import ImageError, image_files, image_size, is_nifti, read_image, write_image
 from medsr.resize import resize_lanczos
-from medsr.volume import read_volume, reading_axis, training_slices
+from medsr.volume import Volume, read_volume, reading_axis, training_slices
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,10 @@ def as_rgb(image: Image) -> torch.Tensor:
 
 
 def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: str, volumes: bool = False,
-                  keep: Callable[[Path, Image], None] | None = None) -> list[Path]:
+                  keep: Callable[[Path, Image | Volume], None] | None = None) -> list[Path]:
     """The image files of ``folder`` (with ``volumes``, NIfTI volumes too) that decode whole and are
     at least ``min_side`` on both sides (a volume's slices). Others are listed in the error, or with
-    ``skip_bad`` in a warning and left out. ``keep`` is given each usable image (not volume) as decoded."""
+    ``skip_bad`` in a warning and left out. ``keep`` is given each usable file as decoded."""
     files, problems = [], []
     for path in image_files(folder, volumes=volumes):
         try:
@@ -49,7 +49,7 @@ def checked_files(folder: str | Path, *, min_side: int, skip_bad: bool, what: st
                 problems.append(str(exc))
                 continue
             files.append(path)
-            if keep is not None and not is_nifti(path):
+            if keep is not None:
                 keep(path, decoded)
     if problems and not skip_bad:
         raise ValueError(f"{folder}: {len(problems)} of the {what} images cannot be used (set data.skip_bad "
@@ -95,15 +95,14 @@ class HRImages:
                  world_size: int = 1, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
         self.folder = Path(folder)
         self.decoded: dict[Path, torch.Tensor] = {}
+        self.volumes: dict[Path, np.ndarray] = {}  # slices of each volume, always kept (volumes are compressed)
         self._room = (available_memory() or 0) // (4 * world_size) if cache_bytes is None else cache_bytes
         files = checked_files(folder, min_side=gt_size, skip_bad=skip_bad, what="training", volumes=True,
                               keep=self._keep)
-        self.volumes: dict[Path, np.ndarray] = {}  # slices of each volume, read once (volumes are compressed)
         self.items: list[tuple[Path, int | None]] = []  # (image, None) or (volume, slice)
         for path in files:
-            if is_nifti(path):
-                slices, _ = training_slices(path)
-                self.volumes[path] = slices
+            if path in self.volumes:
+                slices = self.volumes[path]
                 self.items += [(path, k) for k in range(slices.shape[2]) if np.ptp(slices[:, :, k]) > 0]
             else:
                 self.items.append((path, None))
@@ -113,7 +112,10 @@ class HRImages:
         self.order: list[int] = []
         self.position = 0
 
-    def _keep(self, path: Path, image: Image) -> None:
+    def _keep(self, path: Path, image: Image | Volume) -> None:
+        if isinstance(image, Volume):
+            self.volumes[path], _ = training_slices(image)
+            return
         # a view (RGB of an RGBA array) would keep its whole base alive: keep a copy of its own
         pixels = torch.from_numpy(image.pixels if image.pixels.base is None else image.pixels.copy())
         if pixels.nbytes <= self._room:

@@ -277,9 +277,31 @@ def anatomy_mask(gt: np.ndarray, protocol: Protocol) -> np.ndarray | None:
     return None
 
 
+@dataclass(frozen=True)
+class VesselTruth:
+    """What the vessel metrics of an image's outputs compare against, made once per image."""
+
+    vessels: np.ndarray  # the ground truth's vesselness
+    fov: np.ndarray
+    annotation: np.ndarray | None = None
+    thin: np.ndarray | None = None  # metrics.thin_vessel_regions of the annotation
+    considered: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, gt: np.ndarray, fov: np.ndarray, annotation: np.ndarray | None) -> VesselTruth:
+        vessels = metrics.vesselness(_gray(gt, True))
+        if annotation is None:
+            return cls(vessels, fov)
+        return cls(vessels, fov, annotation, *metrics.thin_vessel_regions(annotation, fov))
+
+    def scores(self, vessels: np.ndarray) -> dict[str, float]:
+        """AUC of a vesselness map against the annotation, all vessels and the thin ones."""
+        return {"vessel_auc": metrics.auc(vessels[self.fov], self.annotation[self.fov]),
+                "thin_vessel_auc": metrics.auc(vessels[self.considered], self.thin[self.considered])}
+
+
 def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options, inside: np.ndarray | None,
-                  gt_vessels: np.ndarray | None, fov: np.ndarray | None, annotation: np.ndarray | None
-                  ) -> dict[str, float]:
+                  truth: VesselTruth | None) -> dict[str, float]:
     """The metrics of one output; ``inside``: the anatomy mask (``anatomy_mask``), None for none."""
     sr_q, gt_q = quantize(sr, max_value).astype(np.float64), quantize(gt, max_value).astype(np.float64)
     convention = options.ssim_convention
@@ -291,12 +313,11 @@ def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Optio
     bands = metrics.band_detail(_gray(sr, False), _gray(gt, False))
     row["hf_kept"], row["hf_invented"] = bands[-1]["kept"], bands[-1]["invented"]
     row["mf_kept"], row["mf_invented"] = bands[-2]["kept"], bands[-2]["invented"]
-    if gt_vessels is not None:
+    if truth is not None:
         sr_vessels = metrics.vesselness(_gray(sr, True))
-        row["vessel_agreement"] = metrics.vessel_agreement(sr_vessels, gt_vessels, fov)
-        if annotation is not None:
-            row["vessel_auc"] = metrics.auc(sr_vessels[fov], annotation[fov])
-            row["thin_vessel_auc"] = metrics.thin_vessel_auc(sr_vessels, annotation, fov)
+        row["vessel_agreement"] = metrics.vessel_agreement(sr_vessels, truth.vessels, truth.fov)
+        if truth.annotation is not None:
+            row |= truth.scores(sr_vessels)
     row["lpips"] = options.lpips(sr, gt) if options.lpips else float("nan")
     return row
 
@@ -363,12 +384,12 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
     image = read_any(sample.image)
     lr, gt = make_pair(image, options.protocol, options.fit)
     inside = anatomy_mask(gt, options.protocol)  # once per image, for every model
-    gt_vessels = fov = annotation = None
+    truth = None
     if options.protocol.vessels and gt.shape[0] == 3:
-        gt_vessels = metrics.vesselness(_gray(gt, True))
         fov = inside if options.protocol.anatomy == "fundus" else metrics.field_of_view(gt)
-        if sample.annotation is not None:
-            annotation = read_annotation(sample.annotation, options.protocol.gt_size)
+        annotation = None if sample.annotation is None else read_annotation(sample.annotation,
+                                                                            options.protocol.gt_size)
+        truth = VesselTruth.of(gt, fov, annotation)
     outputs, rows = {}, {}
     for model in models:
         if on_step:
@@ -376,11 +397,9 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
         out = np.clip(model.run(lr, (options.protocol.gt_size, options.protocol.gt_size)), 0, 1)
         for name, projected in variants(model, options.consistency):
             outputs[name] = enforce(out, lr) if projected else out
-            rows[name] = image_metrics(outputs[name], gt, image.max_value, options, inside, gt_vessels, fov,
-                                       annotation)
-    if annotation is not None:
-        rows["ground truth"] = {"vessel_auc": metrics.auc(gt_vessels[fov], annotation[fov]),
-                                "thin_vessel_auc": metrics.thin_vessel_auc(gt_vessels, annotation, fov)}
+            rows[name] = image_metrics(outputs[name], gt, image.max_value, options, inside, truth)
+    if truth is not None and truth.annotation is not None:
+        rows["ground truth"] = truth.scores(truth.vessels)
     return Result(sample=sample, lr=lr, gt=gt, outputs=outputs, rows=rows)
 
 

@@ -140,15 +140,23 @@ def thin_vessels(annotation: np.ndarray, *, max_width: float = THIN_VESSEL_WIDTH
     return annotation & (width[rows, cols] <= max_width)
 
 
-def thin_vessel_auc(vessels: np.ndarray, annotation: np.ndarray, fov: np.ndarray, *,
-                    max_width: float = THIN_VESSEL_WIDTH) -> float:
-    """AUC of a vesselness map for telling thin annotated vessels (``thin_vessels``) from the
-    background, inside ``fov``; wider vessels and a 2-pixel band around them are left out, so
-    the trunks that every method keeps do not decide."""
+def thin_vessel_regions(annotation: np.ndarray, fov: np.ndarray, *, max_width: float = THIN_VESSEL_WIDTH
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(thin, considered): the thin annotated vessels (``thin_vessels``), and the pixels their AUC
+    scores: inside ``fov``, without the wider vessels and a 2-pixel band around them, so that the
+    trunks every method keeps do not decide. They depend on the annotation alone: one image's
+    outputs share them."""
     annotation = np.asarray(annotation, bool)
     thin = thin_vessels(annotation, max_width=max_width)
     near_wide = binary_dilation(annotation & ~thin, iterations=2)
-    considered = fov & (thin | ~(annotation | near_wide))
+    return thin, fov & (thin | ~(annotation | near_wide))
+
+
+def thin_vessel_auc(vessels: np.ndarray, annotation: np.ndarray, fov: np.ndarray, *,
+                    max_width: float = THIN_VESSEL_WIDTH) -> float:
+    """AUC of a vesselness map for telling thin annotated vessels from the background, over the
+    pixels ``thin_vessel_regions`` considers."""
+    thin, considered = thin_vessel_regions(annotation, fov, max_width=max_width)
     return auc(vessels[considered], thin[considered])
 
 

@@ -330,15 +330,15 @@ def results(path: str | Path) -> dict:
     }
 
 
-def write_results(path: str | Path, folder: str | Path) -> Path:
+def write_results(found: dict, folder: str | Path) -> Path:
     """results.json and results.html (a plot of the pooled preferences with their intervals, and the
-    tables) in ``folder``; returns the page's path."""
+    tables) of ``found`` (``results``) in ``folder``; returns the page's path."""
     import html
 
     from medsr.files import write_atomic
     from medsr.report import strict_json
 
-    found, folder = results(path), Path(folder)
+    folder = Path(folder)
     write_atomic(folder / "results.json", json.dumps(strict_json(found), indent=2, allow_nan=False).encode())
 
     def table(preference: dict) -> str:

@@ -14,7 +14,6 @@ import torch
 
 from medsr import devices, infer
 from medsr.consistency import DEFAULT_TOLERANCE, ConsistencyError, Tolerance, content_range, enforce, measure
-from medsr.devices import pick_device
 from medsr.image import ImageError, ReadOptions
 from medsr.infer import OutputError, upscale_tensor
 from medsr.io import Image, read_image
@@ -159,7 +158,7 @@ def upscale(
         mean shift +0.000%, mean abs error 0.000%, 0.000% beyond range
     """
     infer.check_tile(tile)  # arguments before work
-    pick_device(device)
+    devices.pick_device(device)
     if isinstance(image, str | Path) and is_nifti(image):
         image = read_volume(image)
     if isinstance(image, Volume):
@@ -185,7 +184,7 @@ def upscale(
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
     source = image.source
-    _check_memory(image, model.scale, (out_h, out_w), pick_device(device), source)
+    _check_memory(image, model.scale, (out_h, out_w), devices.pick_device(device), source)
     _warn_out_of_domain(model, image)
     low, high = stack_range or content_range(image.pixels)
     net_low, net_high = image.window or (low, high)

@@ -176,11 +176,10 @@ def reading_axis(spacing: tuple[float, ...]) -> int:
     return 2 if largest is None else largest
 
 
-def training_slices(path: str | Path) -> tuple[np.ndarray, int]:
+def training_slices(volume: Volume) -> tuple[np.ndarray, int]:
     """A volume for training: its slices across ``reading_axis`` as float32 (H, W, N) in [0, 1]
     over the volume's min..max (the mapping ``upscale`` uses), and the axis. 4D volumes give every
     time point's slices."""
-    volume = read_volume(path)
     axis = reading_axis(volume.spacing)
     data = np.moveaxis(volume.data, axis, 2)
     data = data.reshape(*data.shape[:2], -1).astype(np.float32)
