@@ -1,0 +1,87 @@
+"""A compact super-resolution network for CPUs, with the values contract built in.
+
+The body is the layout of Real-ESRGAN's SRVGGNetCompact (``body.{i}``: a 3x3 convolution, then
+(PReLU, 3x3 convolution) ``num_conv`` times, then PReLU and the last convolution to
+``out * scale**2`` channels, pixel shuffle), added to the input replicated over each block. Its
+weights load wherever SRVGGNetCompact's do (spandrel); medsr adds one step without parameters:
+
+**The data-consistency layer** (Schlemper et al., IEEE TMI 2018; the range-null-space split of
+DDNM, Wang et al., ICLR 2023): the output is projected so that each ``scale x scale`` block's mean
+is the input pixel under it. With A the block mean and A+ the replication, the output is
+``A+ x + (I - A+ A) r``: the network gives only what the box mean cannot see, and a loss taken on
+the output trains it for exactly that. medsr's projection after the network then has nothing left
+to correct but the value range and the stored levels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Named presets (features, body convolutions); "tiny" is the tests' fixture. Chosen by the
+# comparison in docs/BENCHMARKS.md ("Compact models").
+COMPACT_PRESETS: dict[str, tuple[int, int]] = {
+    "tiny": (8, 2),
+    "compact-s": (32, 8),
+    "compact-m": (48, 12),
+    "compact-l": (64, 16),  # realesr-general-x4v3's size
+}
+
+
+class CompactSR(nn.Module):
+    """(B, C, H, W) in [0, 1] -> (B, C, H * scale, W * scale); block means equal the input."""
+
+    def __init__(self, *, channels: int = 1, scale: int = 2, num_feat: int = 48, num_conv: int = 12,
+                 consistent: bool = True) -> None:
+        super().__init__()
+        if channels not in (1, 3) or scale not in (2, 3, 4) or num_feat < 1 or num_conv < 1:
+            raise ValueError(f"CompactSR(channels={channels}, scale={scale}, num_feat={num_feat}, "
+                             f"num_conv={num_conv}): channels 1 or 3, scale 2-4, sizes >= 1")
+        self.channels, self.scale, self.num_feat, self.num_conv = channels, scale, num_feat, num_conv
+        self.consistent = consistent
+        layers: list[nn.Module] = [nn.Conv2d(channels, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        layers.append(nn.Conv2d(num_feat, channels * scale * scale, 3, 1, 1))
+        self.body = nn.ModuleList(layers)
+        # the last convolution starts at zero: training begins from replication plus nothing
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        detail = F.pixel_shuffle(out, self.scale)
+        if self.consistent:  # (I - A+ A) r: each block's mean of the detail removed
+            detail = detail - F.interpolate(F.avg_pool2d(detail, self.scale), scale_factor=self.scale,
+                                            mode="nearest")
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest") + detail
+
+
+def compact(preset: str, *, channels: int = 1, scale: int = 2) -> CompactSR:
+    if preset not in COMPACT_PRESETS:
+        raise ValueError(f"compact preset {preset!r}: one of {', '.join(COMPACT_PRESETS)}")
+    num_feat, num_conv = COMPACT_PRESETS[preset]
+    return CompactSR(channels=channels, scale=scale, num_feat=num_feat, num_conv=num_conv)
+
+
+def is_compact_state(state: dict[str, torch.Tensor]) -> bool:
+    """The keys and shapes of SRVGGNetCompact: ``body.0`` a 3x3 convolution, ``body.1`` a PReLU."""
+    first, act = state.get("body.0.weight"), state.get("body.1.weight")
+    return first is not None and act is not None and first.ndim == 4 and act.ndim == 1
+
+
+def compact_from_state_dict(state: dict[str, torch.Tensor]) -> CompactSR:
+    """A CompactSR shaped for ``state`` (SRVGGNetCompact's layout): its sizes read from the tensors."""
+    convs = sorted(int(key.split(".")[1]) for key in state if key.endswith(".weight") and state[key].ndim == 4)
+    if not convs or convs != list(range(0, convs[-1] + 1, 2)):
+        raise ValueError("not an SRVGGNetCompact layout (body.{even} convolutions, body.{odd} PReLU)")
+    first, last = state["body.0.weight"], state[f"body.{convs[-1]}.weight"]
+    channels, num_feat = first.shape[1], first.shape[0]
+    ratio = last.shape[0] // channels
+    scale = round(ratio ** 0.5)
+    if scale * scale * channels != last.shape[0]:
+        raise ValueError(f"the last convolution gives {last.shape[0]} channels: not {channels} x scale**2")
+    return CompactSR(channels=channels, scale=scale, num_feat=num_feat, num_conv=len(convs) - 2)
