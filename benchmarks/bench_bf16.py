@@ -27,7 +27,7 @@ import torch
 from PIL import Image as PILImage
 
 import medsr
-from medsr import devices, infer
+from medsr.engine import devices, infer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -28,7 +28,7 @@ INPUTS = {  # name: (source, crop box in the source's pixels, downscale first)
 NCNN = """
 import sys, numpy as np, ncnn
 from PIL import Image
-from medsr import ncnn, weights
+from medsr.models import ncnn, weights
 param, bin_ = ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
 net = ncnn.Net(); net.opt.use_vulkan_compute = False; net.opt.num_threads = int(sys.argv[3])
 net.load_param(str(param)); net.load_model(str(bin_))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from medsr.degrade import DegradeConfig, apply, jpeg, sample, sharpen
-from medsr.io import read_image
+from medsr.formats.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
+from medsr.training.degrade import DegradeConfig, apply, jpeg, sample, sharpen
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,5 +1,5 @@
 """Peak CPU memory per LR pixel of two foreign architectures (random weights, fp32, whole image), the
-figures behind ``medsr.infer.GENERIC_BYTES_PER_PIXEL``. Needs spandrel (``pip install 'medsr[zoo]'``).
+figures behind ``medsr.engine.infer.GENERIC_BYTES_PER_PIXEL``. Needs spandrel (``pip install 'medsr[zoo]'``).
 
 Run each case in a fresh process, with glibc keeping freed memory so that the peak resident size is
 the peak of the allocations::

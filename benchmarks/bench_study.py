@@ -19,7 +19,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from medsr import study, web
+from medsr.web import app as web
+from medsr.web import study
 
 work = Path(tempfile.mkdtemp())
 for folder, shift in (("reference", 0), ("a", 5), ("b", -20)):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from medsr.infer import DEFAULT_OVERLAP, upscale_tensor
-from medsr.io import read_image
-from medsr.weights import load_model
+from medsr.engine.infer import DEFAULT_OVERLAP, upscale_tensor
+from medsr.formats.io import read_image
+from medsr.models.weights import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

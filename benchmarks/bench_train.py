@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medsr.config import build_config
-from medsr.data import HRImages
 from medsr.nets.vgg import VGG19Features
-from medsr.train import build, d_step, degraded_batch, train_step
+from medsr.training.config import build_config
+from medsr.training.data import HRImages
+from medsr.training.train import build, d_step, degraded_batch, train_step
 
 
 def timed(fn, device: torch.device) -> float:

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from medsr import weights
-from medsr.infer import upscale_tensor
+from medsr.engine.infer import upscale_tensor
+from medsr.models import weights
 
 FLOP_PER_LR_PIXEL = 2 * 17_926_848
 

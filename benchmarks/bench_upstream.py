@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import weights
-from medsr.io import read_image
-from medsr.model import SRModel
-from medsr.upscale import upscale
+from medsr.engine.upscale import upscale
+from medsr.formats.io import read_image
+from medsr.models import weights
+from medsr.models.model import SRModel
 
 UPSTREAM_PAD = 10  # inference_realesrgan.py's default --tile_pad
 

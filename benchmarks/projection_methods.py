@@ -2,7 +2,7 @@
 against iterative back-projection with a smooth kernel (Irani & Peleg's form) ending in the box step.
 
 On the evaluation protocols' pairs (GT, LR made by bicubic + blur), each model's raw output is
-corrected three ways: none, "box" (``medsr.consistency.enforce``: each s x s block moves by one
+corrected three ways: none, "box" (``medsr.core.consistency.enforce``: each s x s block moves by one
 constant, the nearest consistent image: ``enforce(..., smooth_rounds=0)``), "smooth + box" (``--rounds``
 of y += bicubic_up(x - box_mean(y)), then the box step for what remains, so that it is exactly
 consistent too: medsr's default, ``enforce``). Reported per method:
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 import medsr
-from medsr import metrics
-from medsr.consistency import SMOOTH_ROUNDS, average_back, enforce
-from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_any
-from medsr.image import quantize
+from medsr.core import metrics
+from medsr.core.consistency import SMOOTH_ROUNDS, average_back, enforce
+from medsr.core.image import quantize
+from medsr.evaluation.evaluate import PROTOCOLS, find_samples, make_pair, read_any
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from medsr.contract import ContractConfig, train
+from medsr.training.contract import ContractConfig, train
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import metrics
-from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_annotation, read_any
-from medsr.kernels import gaussian_blur
+from medsr.core import metrics
+from medsr.core.kernels import gaussian_blur
+from medsr.evaluation.evaluate import PROTOCOLS, find_samples, make_pair, read_annotation, read_any
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

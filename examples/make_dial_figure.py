@@ -12,8 +12,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 import medsr
-from medsr.detail import detail_maps, heat_map
-from medsr.figures import to_pil
+from medsr.engine.detail import detail_maps, heat_map
+from medsr.evaluation.figures import to_pil
 
 FIDELITIES = (0.0, 0.5, 1.0)
 PANEL = 320

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from medsr.figures import to_pil
-from medsr.io import read_image
+from medsr.evaluation.figures import to_pil
+from medsr.formats.io import read_image
 
 
 def main() -> None:

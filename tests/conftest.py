@@ -28,7 +28,7 @@ def _fp32_unless_testing_bf16(request: pytest.FixtureRequest, monkeypatch: pytes
     is tested in tests/test_bf16.py (and subprocesses, which this cannot reach, pass a precision)."""
     if request.module.__name__.endswith("test_bf16"):
         return
-    from medsr import devices
+    from medsr.engine import devices
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
 
@@ -43,7 +43,7 @@ def tiny_net() -> torch.nn.Module:
 def x4plus(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     """The published x4plus generator, converted from the ncnn copy (skips if it is not installed), or
     the file ``MEDSR_TEST_X4PLUS`` names (the GPU trip carries it: the ncnn package does not travel)."""
-    from medsr import ncnn, weights
+    from medsr.models import ncnn, weights
 
     if os.environ.get("MEDSR_TEST_X4PLUS"):
         return weights.load_model(os.environ["MEDSR_TEST_X4PLUS"])
@@ -94,7 +94,7 @@ def tiny_pair(tmp_path, monkeypatch):
 
     from safetensors.torch import save_file
 
-    from medsr import weights
+    from medsr.models import weights
 
     states = {}
     for seed, name in ((0, "retina"), (1, "retina-fidelity")):

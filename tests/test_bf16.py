@@ -10,10 +10,11 @@ import torch
 from PIL import Image as PILImage
 
 import medsr
-from medsr import checkpoint, devices, infer
-from medsr.io import read_image
+from medsr.engine import devices, infer
+from medsr.formats.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
-from medsr.train import build, finetune
+from medsr.training import checkpoint
+from medsr.training.train import build, finetune
 
 from .conftest import random_image
 from .test_train import TINY, tiny, train_dir  # noqa: F401 (a fixture)

@@ -21,10 +21,10 @@ from torch import nn
 
 import medsr
 from medsr.cli import main
-from medsr.consistency import ConsistencyError, Tolerance, area_matrix, average_back, enforce, measure
-from medsr.io import read_image
+from medsr.core.consistency import ConsistencyError, Tolerance, area_matrix, average_back, enforce, measure
+from medsr.engine.upscale import model_for
+from medsr.formats.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
-from medsr.upscale import model_for
 
 from .conftest import random_image
 from .test_dicom import make_dicom
@@ -328,8 +328,8 @@ def test_auto_chooses_by_dicom_modality_and_says_why(tmp_path, modality, expecte
 
 
 def test_auto_takes_the_ct_model_for_a_volume_in_hounsfield_units():
-    from medsr.upscale import volume_model
-    from medsr.volume import Volume
+    from medsr.engine.upscale import volume_model
+    from medsr.formats.volume import Volume
 
     ct = Volume(data=np.full((8, 8, 2), -1000, np.int16), affine=np.eye(4))
     ct.data[2:6, 2:6] = 40  # soft tissue in air
@@ -357,8 +357,9 @@ def test_an_out_of_domain_choice_runs_with_one_warning(tmp_path, caplog, tiny_pa
 
 def test_known_models_declare_their_domain():
     for name in ("realesrgan-x4plus", "retina", "retina-fidelity", "cxr", "cxr-fidelity", "ct-fidelity"):
-        assert medsr.weights.KNOWN_MODELS[name].domain is not None
-    assert medsr.weights.KNOWN_MODELS["cxr-fidelity"].domain.mismatch(modality="CR", channels=1, bit_depth=8) is None
+        assert medsr.models.weights.KNOWN_MODELS[name].domain is not None
+    cxr = medsr.models.weights.KNOWN_MODELS["cxr-fidelity"]
+    assert cxr.domain.mismatch(modality="CR", channels=1, bit_depth=8) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,8 +390,8 @@ def test_the_general_model_keeps_values_too(tmp_path, x4plus):
 
 
 def test_evaluate_scores_projected_and_raw_outputs(tmp_path, capsys):
-    from medsr import evaluate as ev
-    from medsr.resize import resize_bicubic
+    from medsr.core.resize import resize_bicubic
+    from medsr.evaluation import evaluate as ev
 
     data = tmp_path / "data"
     data.mkdir()

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medsr.degrade import (
+from medsr.training.degrade import (
     BlurConfig,
     DegradeConfig,
     PairPool,
@@ -215,8 +215,8 @@ def test_preview_sheet_from_the_cli(tmp_path, capsys):
 
 
 def test_describe_names_each_stage_and_a_gray_sheet_renders():
-    from medsr.figures import degradation_sheet
-    from medsr.image import Image
+    from medsr.core.image import Image
+    from medsr.evaluation.figures import degradation_sheet
 
     config = forced(gaussian_noise_prob=1.0, gray_noise_prob=1.0)
     lines = sample(1, config, gen(3)).describe(0)

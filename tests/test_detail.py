@@ -4,9 +4,9 @@ import numpy as np
 from PIL import Image as PILImage
 
 from medsr.cli import main
-from medsr.detail import detail_maps
-from medsr.io import read_image
-from medsr.resize import resize_bicubic, resize_lanczos
+from medsr.core.resize import resize_bicubic, resize_lanczos
+from medsr.engine.detail import detail_maps
+from medsr.formats.io import read_image
 
 from .conftest import random_image
 

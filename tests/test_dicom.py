@@ -16,9 +16,9 @@ from torch.nn import functional as F
 
 import medsr
 from medsr.cli import main
-from medsr.dicom import StoredRange, parse_window
-from medsr.image import ImageError, ReadOptions
-from medsr.io import read_image, write_image
+from medsr.core.image import ImageError, ReadOptions
+from medsr.formats.dicom import StoredRange, parse_window
+from medsr.formats.io import read_image, write_image
 
 from .conftest import random_image
 
@@ -221,7 +221,7 @@ def test_compressed_file_without_its_decoder_names_the_packages():
         "for name in ('pylibjpeg', 'libjpeg', 'jpeg_ls', 'openjpeg', 'rle', 'gdcm'):\n"
         "    sys.modules[name] = None\n"
         "from pydicom.data import get_testdata_file\n"
-        "from medsr.io import ImageError, read_image\n"
+        "from medsr.formats.io import ImageError, read_image\n"
         "try:\n"
         "    read_image(get_testdata_file('MR_small_jpeg_ls_lossless.dcm'))\n"
         "except ImageError as exc:\n"
@@ -295,7 +295,7 @@ def test_pydicoms_own_files_read_or_are_refused_with_the_reason():
 
     import pydicom
 
-    from medsr.io import read_frames
+    from medsr.formats.io import read_frames
 
     folder = os.path.dirname(get_testdata_file("CT_small.dcm"))
     read, refused = set(), {}

@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 import medsr
 from medsr.cli import main
-from medsr.evaluate import PROTOCOLS, with_blur
+from medsr.evaluation.evaluate import PROTOCOLS, with_blur
 
 from .conftest import image_folder, random_image
 
@@ -22,7 +22,7 @@ def one_image(tmp_path):
 
 @pytest.mark.parametrize("tile", [-5, 2.5, True, "64"])
 def test_a_bad_tile_is_refused_before_any_model_loads(tile, monkeypatch):
-    module = sys.modules["medsr.upscale"]  # the module, not the function medsr.upscale
+    module = sys.modules["medsr.engine.upscale"]  # the module, not the function medsr.upscale
     monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded before the tile check"))
     with pytest.raises(ValueError, match=r"tile .*: give None \(automatic\), 0 \(the whole image\) or a positive"):
         medsr.upscale(random_image(8, 8, 1)[..., 0], tile=tile)
@@ -80,8 +80,8 @@ def test_the_summary_of_a_run_where_nothing_was_upscaled(tmp_path, capsys):
 
 
 def test_dicom_values_are_described_by_their_stored_range(tmp_path):
-    from medsr.batch import describe_values
-    from medsr.io import read_image
+    from medsr.engine.batch import describe_values
+    from medsr.formats.io import read_image
 
     from .test_dicom import make_dicom
 
@@ -107,7 +107,7 @@ def test_resume_with_a_changed_shape_is_a_one_line_error(tmp_path, capsys, chang
 
 
 def test_a_truncated_training_image_is_found_when_the_run_starts(tmp_path, caplog):
-    from medsr.data import HRImages
+    from medsr.training.data import HRImages
 
     data = tmp_path / "hr"
     data.mkdir()
@@ -163,7 +163,7 @@ def test_a_network_returning_the_wrong_size_is_named():
             return x  # claims x2, gives x1
 
     model = medsr.SRModel(module=Wrong().eval(), scale=2, name="wrong")
-    from medsr.infer import OutputError
+    from medsr.core.image import OutputError
 
     wording = r"model wrong: the network gave 16x16 for a 16x16 input; a x2 model must give 32x32"
     with pytest.raises(OutputError, match=wording):

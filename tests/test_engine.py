@@ -8,10 +8,10 @@ from torch import nn
 from torch.nn import functional as F
 
 import medsr
-from medsr import model as model_module
 from medsr.cli import main
-from medsr.infer import upscale_tensor
-from medsr.weights import WeightsError
+from medsr.engine.infer import upscale_tensor
+from medsr.models import model as model_module
+from medsr.models.weights import WeightsError
 
 from .conftest import random_image
 
@@ -209,8 +209,8 @@ def test_swinir_tiles_stay_close_to_the_whole_pass(tmp_path):
 def test_spandrels_tiling_advice_is_followed(tiling, tile, whole):
     """An architecture that tiles itself ("internal") always sees the whole image; one whose tiles
     change the output ("discouraged") sees it whole unless a tile size is asked for."""
-    from medsr.infer import upscale_tensor
-    from medsr.model import SRModel
+    from medsr.engine.infer import upscale_tensor
+    from medsr.models.model import SRModel
 
     seen = []
 

@@ -6,8 +6,8 @@ from PIL import Image as PILImage
 from safetensors.torch import save_file
 
 from medsr.cli import main
-from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_any
-from medsr.image import Image
+from medsr.core.image import Image
+from medsr.evaluation.evaluate import PROTOCOLS, find_samples, make_pair, read_any
 
 from .conftest import random_image, shared_image
 
@@ -191,8 +191,8 @@ def test_a_model_that_overflows_on_one_image_skips_that_image(tmp_path, capsys):
     """A non-finite output is reported for its image (no traceback) and the others are scored."""
     import torch
 
-    from medsr import evaluate as ev
-    from medsr.model import SRModel
+    from medsr.evaluation import evaluate as ev
+    from medsr.models.model import SRModel
 
     class BlowsUpOnBright(torch.nn.Module):
         def forward(self, x):
@@ -219,7 +219,7 @@ def medsr_upscale(lr, size, model):
 
 
 def test_evaluate_says_what_runs(tmp_path):
-    from medsr import evaluate as ev
+    from medsr.evaluation import evaluate as ev
 
     PILImage.fromarray(random_image(520, 520, 3)).save(tmp_path / "a.png")
     models = ev.build_models(["bicubic", "lanczos"], tile=None, device="cpu")
@@ -231,7 +231,7 @@ def test_evaluate_says_what_runs(tmp_path):
 
 def _wrong_outside(mask_rows: slice):
     """A model: bicubic, with the rows ``mask_rows`` of its output inverted."""
-    from medsr.resize import resize_bicubic
+    from medsr.core.resize import resize_bicubic
 
     def run(lr, size):
         out = resize_bicubic(lr, *size)
@@ -241,8 +241,8 @@ def _wrong_outside(mask_rows: slice):
 
 
 def test_chest_metrics_inside_the_anatomy_ignore_the_border_band(tmp_path):
-    from medsr.evaluate import Model, Options, Sample, evaluate_sample
-    from medsr.resize import resize_bicubic
+    from medsr.core.resize import resize_bicubic
+    from medsr.evaluation.evaluate import Model, Options, Sample, evaluate_sample
 
     yy, xx = np.mgrid[:1024, :1024] / 1024
     chest = (40 + 160 * np.sin(np.pi * yy) * np.sin(np.pi * xx) ** 2).astype(np.uint8)  # smooth, bicubic does well
@@ -257,8 +257,8 @@ def test_chest_metrics_inside_the_anatomy_ignore_the_border_band(tmp_path):
 
 
 def test_retina_rows_have_the_anatomy_and_thin_vessel_measures(tmp_path):
-    from medsr.evaluate import Model, Options, evaluate_sample
-    from medsr.resize import resize_bicubic
+    from medsr.core.resize import resize_bicubic
+    from medsr.evaluation.evaluate import Model, Options, evaluate_sample
 
     (tmp_path / "images").mkdir()
     (tmp_path / "manual").mkdir()
@@ -288,7 +288,7 @@ def test_lpips_column_where_its_package_and_weights_are_present(tmp_path, monkey
     values are not LPIPS's published ones. `make test-zoo` runs this (lpips needs torchvision)."""
     lpips = pytest.importorskip("lpips", reason="the lpips package is not installed; `make test-zoo` has it")
     torchvision = pytest.importorskip("torchvision")
-    from medsr import evaluate as ev
+    from medsr.evaluation import evaluate as ev
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     score, status = ev.lpips_metric()

@@ -10,10 +10,13 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, devices, files, state_dicts
 from medsr.cli import main
-from medsr.config import MAX_CONFIG_BYTES, build_config
-from medsr.train import export, finetune
+from medsr.core import files
+from medsr.engine import devices
+from medsr.models import state_dicts
+from medsr.training import checkpoint
+from medsr.training.config import MAX_CONFIG_BYTES, build_config
+from medsr.training.train import export, finetune
 
 from .conftest import random_image
 from .test_train import TINY
@@ -128,7 +131,7 @@ def test_export_refuses_non_finite_and_fp16_overflowing_weights(train_dir, tmp_p
 
 
 def test_a_bit_flipped_cache_file_is_derived_again(tmp_path):
-    from medsr import weights
+    from medsr.models import weights
 
     state = {k: v for k, v in weights.rrdbnet("tiny").state_dict().items()}
     torch.save({"params_ema": state}, tmp_path / "tiny.pth")
@@ -144,7 +147,7 @@ def test_a_bit_flipped_cache_file_is_derived_again(tmp_path):
 
 
 def test_a_damaged_packaged_model_is_refused(tmp_path, monkeypatch):
-    from medsr import weights
+    from medsr.models import weights
 
     spec = weights.KNOWN_MODELS["cxr"]
     copy = tmp_path / spec.packaged
@@ -157,7 +160,7 @@ def test_a_damaged_packaged_model_is_refused(tmp_path, monkeypatch):
 
 
 def test_hostile_checkpoints_are_refused_before_building(tmp_path):
-    from medsr import weights
+    from medsr.models import weights
 
     small = {k: v for k, v in weights.rrdbnet("tiny").state_dict().items()}
     many = dict(small)
@@ -233,7 +236,7 @@ def test_resume_after_a_training_file_was_removed(train_dir, tmp_path, caplog):
 
 
 def test_a_file_broken_during_the_run_keeps_the_last_iteration(train_dir, tmp_path, monkeypatch):
-    from medsr import data
+    from medsr.training import data
 
     calls = {"n": 0}
     real = data.read_image
@@ -260,7 +263,7 @@ def test_a_file_broken_during_the_run_keeps_the_last_iteration(train_dir, tmp_pa
 
 def test_unwritable_outputs_are_found_before_any_model_runs(tmp_path, capsys, monkeypatch):
     import medsr
-    from medsr import weights
+    from medsr.models import weights
 
     PILImage.fromarray(random_image(8, 8, 3)).save(tmp_path / "a.png")
     (tmp_path / "file").write_text("a file where a folder should be")
@@ -383,7 +386,7 @@ def test_an_unreadable_subfolder_is_reported_not_skipped(tmp_path, tiny_net):
 
 
 def test_a_listing_error_is_reported_even_as_root(tmp_path, monkeypatch):
-    from medsr import io as medsr_io
+    from medsr.formats import io as medsr_io
 
     src = tmp_path / "in"
     src.mkdir()
@@ -440,7 +443,7 @@ def test_medsr_imports_where_fcntl_does_not_exist():
               "    if name.startswith('medsr'): del sys.modules[name]\n"
               "import medsr\n"
               "for info in pkgutil.walk_packages(medsr.__path__, 'medsr.'): importlib.import_module(info.name)\n"
-              "assert medsr.files.fcntl is None\n")
+              "assert medsr.core.files.fcntl is None\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from medsr import checkpoint, infer
-from medsr.infer import upscale_tensor
-from medsr.train import build, finetune, train_step
+from medsr.engine import infer
+from medsr.engine.infer import upscale_tensor
+from medsr.training import checkpoint
+from medsr.training.train import build, finetune, train_step
 
 from .conftest import shared_image
 from .test_train import TINY, tiny, train_dir  # noqa: F401 (a fixture)
@@ -29,7 +30,7 @@ needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="CUDA only")
 
 
 def real_crop(size: int) -> torch.Tensor:
-    from medsr.io import read_image
+    from medsr.formats.io import read_image
 
     path = shared_image("retina/STARE/images/im0004.png")
     return torch.from_numpy(read_image(path).pixels[:, 200 : 200 + size, 300 : 300 + size].copy())

@@ -15,7 +15,7 @@ import torch
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
 
-from medsr import weights
+from medsr.models import weights
 from medsr.nets.rrdbnet import rrdbnet
 
 from .conftest import random_image

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsr.infer import HEAD_BYTES_PER_PIXEL, _ramps, _spans, auto_tile, pick_precision, upscale_tensor
-from medsr.io import read_image
+from medsr.engine.infer import HEAD_BYTES_PER_PIXEL, _ramps, _spans, auto_tile, pick_precision, upscale_tensor
+from medsr.formats.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
 
 from .conftest import shared_image
@@ -113,7 +113,7 @@ def test_inference_leaves_the_callers_module_as_it_was(tiny_net):
 
 
 def test_named_models_are_read_once_and_built_apart(tiny_pair, monkeypatch):
-    from medsr import weights
+    from medsr.models import weights
 
     reads = []
     real = weights.load_generator
@@ -126,7 +126,7 @@ def test_named_models_are_read_once_and_built_apart(tiny_pair, monkeypatch):
 
 
 def test_cpu_budget_follows_the_available_memory(monkeypatch):
-    from medsr import devices, infer
+    from medsr.engine import devices, infer
 
     for available, expected in ((None, 2 << 30), (2 << 30, 1 << 30), (20 << 30, 5 << 30), (200 << 30, 16 << 30)):
         monkeypatch.setattr(devices, "available_memory", lambda a=available: a)
@@ -141,13 +141,13 @@ def test_freed_memory_is_kept_for_reuse_unless_the_user_tuned_the_allocator():
     import subprocess
     import sys
 
-    from medsr import infer
+    from medsr.engine import infer
 
     if infer._glibc() is None:
         pytest.skip("not glibc: nothing to set")
     script = """
 import resource, torch
-from medsr import infer
+from medsr.engine import infer
 
 def faults_of_ten_allocations(size):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -175,7 +175,7 @@ print(default, kept, *reused)
 
 
 def test_a_prepared_copy_is_reused_until_the_weights_change():
-    from medsr import infer
+    from medsr.engine import infer
 
     net = rrdbnet("tiny")  # in training mode: every call needs a prepared (eval) copy
     first = infer._prepared(net, torch.device("cpu"), torch.bfloat16)
@@ -202,7 +202,7 @@ def test_available_memory_respects_the_cgroup_limit(tmp_path, monkeypatch, versi
     """In a container or a SLURM job the limit is the cgroup's, not the host's free memory that psutil
     reports; page cache (file pages the kernel reclaims) does not count as used. Numbers made up here:
     each case leaves 2 GiB of room."""
-    from medsr import devices
+    from medsr.engine import devices
 
     gib = 1 << 30
     if version == "v2":  # the job's step (4 GiB) inside a job without a limit

@@ -4,8 +4,8 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from medsr.image import ReadOptions
-from medsr.io import Image, ImageError, read_image, write_image
+from medsr.core.image import ReadOptions
+from medsr.formats.io import Image, ImageError, read_image, write_image
 
 from .conftest import random_image, shared_image
 

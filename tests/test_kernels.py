@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from medsr.kernels import FAMILIES, KernelParams, filter2d, gaussian_blur, gaussian_kernel, make_kernel
+from medsr.core.kernels import FAMILIES, KernelParams, filter2d, gaussian_blur, gaussian_kernel, make_kernel
 
 
 def kernel(family: str, **kw) -> torch.Tensor:

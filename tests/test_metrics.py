@@ -6,9 +6,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage.metrics import structural_similarity
 
-from medsr import metrics
-from medsr.evaluate import PROTOCOLS, find_samples, make_pair, read_annotation, read_any
-from medsr.kernels import gaussian_blur
+from medsr.core import metrics
+from medsr.core.kernels import gaussian_blur
+from medsr.evaluation.evaluate import PROTOCOLS, find_samples, make_pair, read_annotation, read_any
 
 from .conftest import shared_image
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image as PILImage
 
 import medsr
-from medsr import weights
 from medsr.cli import main
-from medsr.upscale import model_for
+from medsr.engine.upscale import model_for
+from medsr.models import weights
 
 from .conftest import random_image
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsr import ncnn, weights
-from medsr.infer import upscale_tensor
-from medsr.io import read_image
+from medsr.engine.infer import upscale_tensor
+from medsr.formats.io import read_image
+from medsr.models import ncnn, weights
 
 from .conftest import shared_image
 

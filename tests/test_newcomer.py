@@ -5,8 +5,10 @@ import re
 import pytest
 from PIL import Image as PILImage
 
-from medsr import __version__, devices, ncnn, state_dicts, weights
+from medsr import __version__
 from medsr.cli import build_parser, main
+from medsr.engine import devices
+from medsr.models import ncnn, state_dicts, weights
 
 from .conftest import random_image
 
@@ -84,7 +86,7 @@ def test_slow_choices_are_warned_about(caplog, tiny_net, monkeypatch):
     import numpy as np
 
     import medsr
-    from medsr import infer
+    from medsr.engine import infer
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     infer._warn_emulated_bf16.cache_clear()  # said once per process: maybe already said by another test
@@ -98,7 +100,7 @@ def test_slow_choices_are_warned_about(caplog, tiny_net, monkeypatch):
 def test_tiny_preset_runs_the_whole_pipeline(tmp_path, capsys):
     import numpy as np
 
-    from medsr import checkpoint
+    from medsr.training import checkpoint
 
     data = tmp_path / "hr"
     data.mkdir()
@@ -134,8 +136,8 @@ def test_preview_of_a_small_image_says_so(tmp_path, capsys):
 
 
 def test_messages_carry_no_advice_of_other_libraries(tmp_path):
-    from medsr.image import ImageError
-    from medsr.io import read_image
+    from medsr.core.image import ImageError
+    from medsr.formats.io import read_image
 
     (tmp_path / "x.dcm").write_bytes(b"\x00" * 200)
     with pytest.raises(ImageError) as info:

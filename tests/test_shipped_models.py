@@ -15,8 +15,8 @@ more than that on an image fails here.
 import nibabel as nib
 import pytest
 
-from medsr.evaluate import PROTOCOLS, Model, Options, Sample, build_models, evaluate_sample, find_samples
-from medsr.resize import resize_bicubic
+from medsr.core.resize import resize_bicubic
+from medsr.evaluation.evaluate import PROTOCOLS, Model, Options, Sample, build_models, evaluate_sample, find_samples
 
 from .conftest import shared_image
 
@@ -70,7 +70,7 @@ def test_the_guard_fails_for_a_worse_model(tmp_path):
     """The check above, run with a model that is bicubic plus a mild blur: its gain falls short."""
     import torch
 
-    from medsr.kernels import gaussian_blur
+    from medsr.core.kernels import gaussian_blur
 
     [sample] = samples_for("retina-x2", ["Image_01L"], tmp_path)
 

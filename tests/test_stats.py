@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from medsr import stats
+from medsr.evaluation import stats
 
 
 def test_bootstrap_interval_brackets_the_mean_and_is_repeatable():

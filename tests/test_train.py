@@ -10,13 +10,15 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medsr import checkpoint, files, pretrained, state_dicts
 from medsr.cli import main
-from medsr.config import build_config
+from medsr.core import files
+from medsr.models import pretrained, state_dicts
+from medsr.models.weights import WeightsError
 from medsr.nets.unet import unet_discriminator
 from medsr.nets.vgg import VGG19Features
-from medsr.train import build, finetune, train_step
-from medsr.weights import WeightsError
+from medsr.training import checkpoint
+from medsr.training.config import build_config
+from medsr.training.train import build, finetune, train_step
 
 from .conftest import random_image
 
@@ -213,7 +215,7 @@ def test_fidelity_presets_are_pixel_only():
 def test_finetuning_starts_from_the_published_generator(x4plus, train_dir, tmp_path, monkeypatch):
     """The paper's recipe: init_g=realesrgan-x4plus. The run's generator and its EMA start as the
     published weights, and a step moves the generator away from them, a little."""
-    from medsr.train import init_pretrained
+    from medsr.training.train import init_pretrained
 
     monkeypatch.setenv("MEDSR_OFFLINE", "1")  # the ncnn copy, converted (as the x4plus fixture did)
     config = build_config(overrides=("model.preset=x4plus", "model.init_g=realesrgan-x4plus", "model.d_warmup_iters=0",
@@ -234,7 +236,7 @@ def test_finetuning_starts_from_the_published_generator(x4plus, train_dir, tmp_p
 def test_training_images_are_decoded_once_and_batches_do_not_change(train_dir, monkeypatch):
     """A GPU step takes milliseconds: decoding every crop's whole image again (as before) made the
     data the bottleneck. Images are kept decoded within a memory budget; the batches stay the same."""
-    from medsr import data
+    from medsr.training import data
 
     def batches(budget: int) -> tuple[list[torch.Tensor], int]:
         reads = []
@@ -292,7 +294,7 @@ def test_a_stopped_run_saves_where_it_stopped_and_resumes_exactly(train_dir, tmp
 
 
 def _signal_at(monkeypatch, iteration: int, sig: int) -> None:
-    from medsr import train
+    from medsr.training import train
 
     real_step = train.train_step
 

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 import medsr
 from medsr.cli import main
-from medsr.io import read_image
+from medsr.formats.io import read_image
 
 from .conftest import image_folder, random_image
 

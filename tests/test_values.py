@@ -15,11 +15,10 @@ from safetensors.torch import save_file
 
 import medsr
 from medsr.cli import main
-from medsr.image import ReadOptions
-from medsr.infer import OutputError
-from medsr.io import Image, ImageError, read_image, write_image
+from medsr.core.image import OutputError, ReadOptions
+from medsr.engine.upscale import model_for
+from medsr.formats.io import Image, ImageError, read_image, write_image
 from medsr.nets.rrdbnet import rrdbnet
-from medsr.upscale import model_for
 
 from .conftest import random_image, shared_image
 from .test_dicom import make_dicom, nearest_model
@@ -212,7 +211,7 @@ def test_full_disk_jpeg_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
 
 
 def test_truncated_output_is_caught_by_the_read_back(tmp_path, monkeypatch):
-    from medsr import io as medsr_io
+    from medsr.formats import io as medsr_io
 
     good = medsr_io.WRITERS[".png"]
 

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image as PILImage
 from starlette.testclient import TestClient
 
-from medsr import study, view, web
 from medsr.cli import main
+from medsr.web import app as web
+from medsr.web import study, view
 
 from .conftest import random_image
 
@@ -389,8 +390,8 @@ def test_the_viewer_on_the_bundled_examples(tmp_path, browser):
     sit beside its inputs), zoomed to pixel level together. Makes docs/images/viewer.png."""
     from dataclasses import replace
 
-    from medsr.io import image_files, read_image, write_image
-    from medsr.resize import resize_lanczos
+    from medsr.core.resize import resize_lanczos
+    from medsr.formats.io import image_files, read_image, write_image
 
     examples = Path(__file__).parents[1] / "examples"
     outputs = tmp_path / "lanczos-x4"

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 
 import medsr
 from medsr.cli import main
-from medsr.image import ImageError
+from medsr.core.image import ImageError
+from medsr.formats.volume import Volume, _as_dtype, read_volume, scaled_affine, write_volume
 from medsr.nets.rrdbnet import rrdbnet
-from medsr.volume import Volume, _as_dtype, read_volume, scaled_affine, write_volume
 
 from .conftest import shared_image
 from .test_dicom import make_dicom
@@ -341,7 +341,7 @@ def test_volume_protocol_on_a_folder_of_volumes(tmp_path, capsys):
 
 
 def test_the_volume_protocol_scores_a_perfect_model_perfectly(tmp_path):
-    from medsr import evaluate as ev
+    from medsr.evaluation import evaluate as ev
 
     data = smooth_volume((16, 16, 3))
     save_nifti(tmp_path / "v.nii.gz", data, np.diag([1, 1, 2, 1.0]))
@@ -364,9 +364,9 @@ def test_the_volume_protocol_scores_a_perfect_model_perfectly(tmp_path):
 
 
 def test_training_samples_slices_of_volumes_and_resumes_exactly(tmp_path):
-    from medsr import checkpoint
-    from medsr.data import HRImages
-    from medsr.train import finetune
+    from medsr.training import checkpoint
+    from medsr.training.data import HRImages
+    from medsr.training.train import finetune
 
     from .test_train import tiny as tiny_config
 
@@ -392,7 +392,7 @@ def test_the_shipped_ct_model_still_beats_bicubic_on_the_validation_block(tmp_pa
     """A guard: a worse ct-fidelity cannot replace this one unnoticed. Reference: its card's evaluation
     (docs/models/ct-fidelity.md) gave +0.71 dB over bicubic on 8 slices of the same block (slices
     40-59 of the shared thorax CT, never trained on); two of them here, with a margin of 0.4 dB."""
-    from medsr import evaluate as ev
+    from medsr.evaluation import evaluate as ev
 
     volume = read_volume(shared_image("volumes/ct/thorax-BigBore_z040-099.nii.gz"))
     affine = volume.affine.copy()

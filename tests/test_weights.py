@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medsr import downloads, ncnn, pretrained, state_dicts, weights
+from medsr.models import downloads, ncnn, pretrained, state_dicts, weights
+from medsr.models.weights import ModelSpec, WeightsError
 from medsr.nets.rrdbnet import rrdbnet
-from medsr.weights import ModelSpec, WeightsError
 
 
 def tiny_state() -> dict[str, torch.Tensor]:

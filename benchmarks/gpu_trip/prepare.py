@@ -42,9 +42,9 @@ import torch
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
 
-from medsr import weights
-from medsr.io import image_files, read_image, write_image
-from medsr.resize import resize_lanczos
+from medsr.core.resize import resize_lanczos
+from medsr.formats.io import image_files, read_image, write_image
+from medsr.models import weights
 
 LIMIT = 64 * 2**20  # what may travel in one call
 DEVICE_PYTHON = "3.12"  # the device image's python3 (its torch, numpy, scipy, ... are used as they are)

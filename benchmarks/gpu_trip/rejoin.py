@@ -18,7 +18,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from medsr import files, weights
+from medsr.core import files
+from medsr.models import weights
 
 
 def main() -> None:

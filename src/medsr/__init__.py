@@ -16,13 +16,14 @@ Public API::
 
 import logging
 
-from medsr.batch import FileResult, Plan, plan_outputs, upscale_files
-from medsr.io import Image, ImageError, read_frames, read_image, write_frames, write_image
-from medsr.model import SRModel
+from medsr.core.version import __version__
+from medsr.engine.batch import FileResult, Plan, plan_outputs, upscale_files
+from medsr.engine.upscale import upscale
+from medsr.formats.io import Image, ImageError, read_frames, read_image, write_frames, write_image
+from medsr.formats.volume import Volume, read_volume, write_volume
+from medsr.models.model import SRModel
+from medsr.models.weights import WeightsError, load_model
 from medsr.nets.rrdbnet import RRDBNet, rrdbnet
-from medsr.upscale import upscale
-from medsr.volume import Volume, read_volume, write_volume
-from medsr.weights import WeightsError, load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides what is shown
 
@@ -33,6 +34,7 @@ __all__ = [
     "RRDBNet",
     "SRModel",
     "Volume",
+    "__version__",
     "WeightsError",
     "Plan",
     "load_model",
@@ -47,4 +49,3 @@ __all__ = [
     "write_image",
     "write_volume",
 ]
-__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from medsr.cli import main
+
+sys.exit(main())

