@@ -35,7 +35,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
-    protocol = ev.with_blur(ev.PROTOCOLS[args.protocol], args.blur_sigma)
+    if args.degradation == "box" and args.blur_sigma is not None:
+        raise ValueError("--blur-sigma applies to the paper's degradation; --degradation box has no blur")
+    protocol = ev.with_blur(ev.with_degradation(ev.PROTOCOLS[args.protocol], args.degradation), args.blur_sigma)
     region = parse_region(args.region, protocol.gt_size)  # checked before any work, not after it
     if args.max_images < 0 or args.figures < 0 or args.slices < 1:
         raise ValueError(f"--max-images {args.max_images}, --figures {args.figures}, --slices {args.slices}: "
@@ -84,7 +86,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         failed = [message for _, part in gathered for message in part]
     summary = ev.summarise(results)
     names = [name for m in models for name, _ in ev.variants(m, args.consistency)]
-    reference = args.reference if args.reference in names else ("bicubic" if "bicubic" in names else names[0])
+    fallback = next((n for n in ("lanczos-projected", "bicubic") if n in names), names[0])
+    reference = args.reference if args.reference in names else fallback
     models_only = {m: rows for m, rows in ev.per_image(results).items() if m != "ground truth"}
     statistics = stats.statistics(models_only, reference)
     settings = {
@@ -122,15 +125,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="image folders (plain, or DRIVE/STARE/CHASE_DB1 layouts with vessel annotations)")
     ev.add_argument("--protocol", required=True, choices=["retina-x2", "cxr-x4", "volume-x2"],
                     help="retina-x2: GT 512, x2; cxr-x4: GT 1024, x4 (docs/METRICS.md)")
-    ev.add_argument("--baselines", default="bicubic,lanczos,realesrgan-x4plus",
-                    help="comma-separated reference methods (default: bicubic,lanczos,realesrgan-x4plus)")
+    ev.add_argument("--baselines", default="bicubic,lanczos,lanczos-projected,realesrgan-x4plus",
+                    help="comma-separated reference methods: bicubic, lanczos, bicubic-projected and "
+                         "lanczos-projected (the interpolation, then the projection every model gets) and known "
+                         "models (default: bicubic,lanczos,lanczos-projected,realesrgan-x4plus)")
+    ev.add_argument("--degradation", default="paper", choices=["paper", "box"],
+                    help="2D protocols' LR: paper (bicubic down, then a Gaussian blur; default) or box (the "
+                         "scale x scale block mean, the values contract's own operator, no blur)")
     ev.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
                     help="a model to compare: a known name, NAME@F (a fidelity), LABEL=MODEL, or a checkpoint "
                          "(RRDBNet; other architectures with medsr[zoo]); repeatable")
     ev.add_argument("--blur-sigma", type=float, default=None, help="LR blur sigma in LR pixels (default 1.0)")
-    ev.add_argument("--reference", default="realesrgan-x4plus",
-                    help="the model the others are compared with, image by image (default: realesrgan-x4plus "
-                         "when evaluated, else bicubic)")
+    ev.add_argument("--reference", default="lanczos-projected",
+                    help="the method the others are compared with, image by image (default: lanczos-projected, "
+                         "what a network must beat once every output is projected; else bicubic)")
     ev.add_argument("--paper-table", action="store_true",
                     help="also print the paper's Table 1/2 values beside the measured ones, with what differs")
     ev.add_argument("--fit", default="resize", choices=["resize", "crop"],

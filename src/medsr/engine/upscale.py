@@ -19,6 +19,7 @@ from medsr.engine import devices, infer
 from medsr.engine.infer import upscale_tensor
 from medsr.formats.io import Image, read_image
 from medsr.formats.volume import Volume, is_nifti, read_volume, upscale_volume
+from medsr.models.interpolation import interpolation_model
 from medsr.models.model import SRModel, as_model
 from medsr.models.weights import load_model
 from medsr.nets.rrdbnet import RRDBNet
@@ -179,8 +180,9 @@ def upscale(
     else:
         name, fidelity, _ = model_for(image, model, fidelity)
         model = load_model(name, fidelity=fidelity)
-    name = model.name
     outscale = check_outscale(model.scale if outscale is None else outscale, consistency=consistency)
+    model = _interpolation_at(model, outscale)
+    name = model.name
     height, width = image.size
     out_h, out_w = max(1, round(height * outscale)), max(1, round(width * outscale))
     source = image.source
@@ -226,6 +228,13 @@ def upscale(
     colour *= high - low
     colour += low
     return out
+
+
+def _interpolation_at(model: SRModel, outscale: float) -> SRModel:
+    """An interpolation runs at the asked scale itself where it can (one resize, not two)."""
+    if model.architecture == "Interpolation" and outscale in (1, 2, 3, 4, 8) and outscale != model.scale:
+        return interpolation_model(model.name, scale=int(outscale))
+    return model
 
 
 HOUNSFIELD_AIR = -500  # a volume with values below this is taken for CT in HU (air is -1000, water 0)

@@ -27,6 +27,7 @@ from medsr.core.resize import resize_bicubic, resize_lanczos
 from medsr.engine.upscale import upscale
 from medsr.formats.io import image_files, is_nifti, read_image, reader_for
 from medsr.formats.volume import read_volume, reading_axis, slice_axis
+from medsr.models.interpolation import INTERPOLATIONS, RESIZERS
 from medsr.models.weights import load_model
 
 
@@ -40,10 +41,18 @@ class Protocol:
     vessels: bool = False  # fundus vessel fidelity metrics
     anatomy: str | None = None  # "fundus" or "chest": PSNR and SSIM inside that anatomy mask too
     volume: bool = False  # slices of volumes: GT = the slice, LR = its s x s box mean (see evaluate_slice)
+    # 2D protocols: "paper" (bicubic down, then the Gaussian blur) or "box" (the s x s block mean, the
+    # values contract's own operator: a detector of s times the pitch; no blur)
+    degradation: str = "paper"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
             raise ValueError(f"blur sigma {self.blur_sigma}: must be a finite number >= 0 (0: no blur)")
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation {self.degradation!r}: choose {' or '.join(DEGRADATIONS)}")
+
+
+DEGRADATIONS = ("paper", "box")
 
 
 PROTOCOLS = {
@@ -164,6 +173,8 @@ def make_pair(image: Image, protocol: Protocol, fit: str = "resize") -> tuple[np
         raise ValueError(f"fit {fit!r}: choose {' or '.join(FITS)}")
     gt = resize_lanczos(pixels, protocol.gt_size, protocol.gt_size)
     side = protocol.gt_size // protocol.scale
+    if protocol.degradation == "box":
+        return average_back(gt, (side, side)).astype(np.float32), gt
     lr = resize_bicubic(gt, side, side)
     if protocol.blur_sigma > 0:
         lr = gaussian_blur(torch.from_numpy(lr)[None], protocol.blur_size, protocol.blur_sigma)[0].numpy()
@@ -217,6 +228,9 @@ def _build_model(name: str, *, tile: int | None, device: str, precision: str) ->
         return Model(name, lambda lr, size: resize_bicubic(lr, *size))
     if name == "lanczos":
         return Model(name, lambda lr, size: resize_lanczos(lr, *size))
+    if name in INTERPOLATIONS:  # the interpolation, then the projection every model's output gets
+        resize = RESIZERS[INTERPOLATIONS[name]]
+        return Model(name, lambda lr, size: enforce(resize(lr, *size), lr))
     entry, fidelity = parse_model_entry(name)
     model = load_model(entry, fidelity=fidelity)
 
@@ -477,11 +491,20 @@ def describe_protocol(protocol: Protocol, *, fit: str, slices: int) -> dict[str,
                 "PSNR/SSIM": f"in the volume's units over its {VOLUME_PERCENTILES[0]:g}th..{VOLUME_PERCENTILES[1]:g}th "
                              "percentile range; MAE in its units"}
     return {"ground truth": f"Lanczos resize to {protocol.gt_size}x{protocol.gt_size}",
-            "LR": f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
-                  f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels",
+            "LR": (f"the {protocol.scale}x{protocol.scale} box mean (the values contract's operator), no blur"
+                   if protocol.degradation == "box" else
+                   f"bicubic x1/{protocol.scale}, then Gaussian blur sigma {protocol.blur_sigma} "
+                   f"({protocol.blur_size}x{protocol.blur_size}) in LR pixels (the paper's degradation)"),
             "fit": {"resize": "non-square images resized to the square (as the paper did for DRIVE)",
                     "crop": "non-square images cropped to their centre square, then resized"}[fit],
             "PSNR/SSIM": "on the source's value range (8-bit: 255; 12-bit data: 4095; ...)"}
+
+
+def with_degradation(protocol: Protocol, degradation: str) -> Protocol:
+    """The 2D protocol with another LR operator; volume protocols always use the box mean."""
+    if protocol.volume:
+        return protocol
+    return replace(protocol, degradation=degradation, blur_sigma=0.0 if degradation == "box" else protocol.blur_sigma)
 
 
 def with_blur(protocol: Protocol, sigma: float | None) -> Protocol:

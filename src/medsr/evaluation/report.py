@@ -342,7 +342,10 @@ each figure).</p>
 <h2>Summary (mean per model)</h2>{summary}
 <h2>Paired against {reference}</h2>
 <p>Per image, model minus {reference}: the mean, its bootstrap 95% interval (2,000 resamples of the
-images), and on how many images the model is better.</p>{paired}
+images), and on how many images the model is better. Why <code>lanczos-projected</code> is the
+default reference: every output medsr writes is projected so that it averages back to its input, and
+Lanczos interpolation followed by that same projection (iterative back-projection) is the classical
+method a network must beat to earn its cost.</p>{paired}
 <h2>Metrics</h2>{legend}
 <h2>Figures</h2>{figures}
 <h2>Per image</h2>{images}

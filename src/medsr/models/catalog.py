@@ -13,7 +13,7 @@ class ModelSpec:
     """Where a named model comes from."""
 
     name: str
-    preset: str  # RRDBNet preset the weights must fit
+    preset: str  # the preset of ``architecture`` the weights must fit
     description: str
     url: str | None = None  # official release file (.pth)
     url_sha256: str | None = None  # its SHA-256: a download that differs is refused
@@ -22,6 +22,7 @@ class ModelSpec:
     packaged: str | None = None  # file shipped inside medsr's own models/ folder
     sha256: str | None = None  # of the packaged file, checked on every load
     domain: Domain | None = None  # what it was trained on (its model card)
+    architecture: str = "RRDBNet"  # or "CompactSR" (medsr.nets.compact)
 
 
 # The training data of the known models (their cards in docs/models/).

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medsr.nets.compact import CompactSR
 from medsr.nets.rrdbnet import RRDBNet
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -119,6 +120,14 @@ def describe_rrdbnet(net: RRDBNet, *, name: str = "RRDBNet", sources: tuple[tupl
                    out_channels=net.conv_last.out_channels, sources=sources, domain=domain)
 
 
+def describe_compact(net: CompactSR, *, name: str = "CompactSR", sources: tuple[tuple[Path, str], ...] = (),
+                     domain: Domain | None = None) -> SRModel:
+    """The descriptor of a compact network (any size; its data-consistency layer works per LR pixel,
+    so overlap-blended tiles on the LR grid keep it)."""
+    return SRModel(module=net, scale=net.scale, name=name, architecture="CompactSR", in_channels=net.channels,
+                   out_channels=net.channels, sources=sources, domain=domain)
+
+
 def as_model(model: SRModel | nn.Module) -> SRModel:
     """An ``SRModel`` for the engine: as given, or an RRDBNet described. Other bare modules lack the
     facts the engine needs (scale, channels, size multiple): give them as ``SRModel(module=..., scale=...)``."""
@@ -126,6 +135,8 @@ def as_model(model: SRModel | nn.Module) -> SRModel:
         return model
     if isinstance(model, RRDBNet):
         return describe_rrdbnet(model)
+    if isinstance(model, CompactSR):
+        return describe_compact(model)
     raise TypeError(f"model: give a name, a checkpoint path, an SRModel or an RRDBNet, not {type(model).__name__} "
                     "(wrap other networks as medsr.SRModel(module=net, scale=...))")
 

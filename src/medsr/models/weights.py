@@ -23,9 +23,11 @@ from safetensors.torch import save_file
 from medsr.core import files
 from medsr.models.catalog import KNOWN_MODELS, ModelSpec
 from medsr.models.downloads import download, medsr_home, offline
-from medsr.models.model import SRModel, describe_rrdbnet, load_foreign
+from medsr.models.interpolation import INTERPOLATIONS, interpolation_model
+from medsr.models.model import SRModel, describe_compact, describe_rrdbnet, load_foreign
 from medsr.models.ncnn import convert_ncnn, ncnn_files
-from medsr.models.state_dicts import WeightsError, generator_from_state, load_generator, read_state_dict
+from medsr.models.state_dicts import WeightsError, check_fits, generator_from_state, load_generator, read_state_dict
+from medsr.nets.compact import CompactSR, compact, compact_from_state_dict, is_compact_state
 from medsr.nets.rrdbnet import rrdbnet
 
 log = logging.getLogger(__name__)
@@ -162,11 +164,17 @@ def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | Non
     """
     if fidelity is not None:
         return _blend(str(model), fidelity)
+    if str(model) in INTERPOLATIONS:
+        return interpolation_model(str(model))
     spec = KNOWN_MODELS.get(ALIASES.get(str(model).lower(), str(model)))
     if spec is None:
         return _load_file(resolve(model)[0])
     location = PACKAGED_DIR / spec.packaged if spec.packaged else cached_path(spec)
     state, source = _known_state(spec.name, location)
+    if spec.architecture == "CompactSR":
+        net = compact_from_state_dict(state)
+        net.load_state_dict(state, strict=True)
+        return describe_compact(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
     net = rrdbnet(spec.preset)
     net.load_state_dict(state, strict=True)
     return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
@@ -179,6 +187,9 @@ def _load_file(path: Path) -> SRModel:
     if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
         net = generator_from_state(state, source=path)
         return describe_rrdbnet(net, name=path.name, sources=((path, files.sha256(path)),))
+    if is_compact_state(state):
+        return describe_compact(_compact_from_state(state, path), name=path.name,
+                                sources=((path, files.sha256(path)),))
     try:
         return load_foreign(state, source=path, sha256=files.sha256(path))
     except ValueError as exc:
@@ -190,9 +201,25 @@ def _known_state(name: str, location: Path) -> tuple[dict[str, torch.Tensor], tu
     """A known model's verified weights and (file, SHA-256), read once per process; each load_model
     call builds its own module from them (a caller may change its network without changing anyone
     else's). The file is found and its SHA-256 checked here, once per ``location`` (where it lives now)."""
-    path, spec = resolve(name)  # verified there: against weights.py, or against the cache's sidecar
+    path, spec = resolve(name)  # verified there: against the catalog, or against the cache's sidecar
+    assert spec is not None  # a known name resolves to its spec
     digest = (spec.sha256 or files.sha256(path)) if spec.packaged else _sidecar(path).read_text().strip()
+    if spec.architecture == "CompactSR":
+        state = read_state_dict(path)
+        check_fits(compact(spec.preset, channels=1, scale=_compact_from_state(state, path).scale), state, source=path)
+        return {k: v.float() for k, v in state.items()}, (path, digest)
     return load_generator(path, preset=spec.preset).state_dict(), (path, digest)
+
+
+def _compact_from_state(state: dict[str, torch.Tensor], source: Path) -> CompactSR:
+    """A compact network loaded with ``state`` (its sizes read from the tensors)."""
+    try:
+        net = compact_from_state_dict(state)
+    except ValueError as exc:
+        raise WeightsError(f"{source}: {exc}") from None
+    check_fits(net, state, source=source)
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return net.eval()
 
 
 def check_fidelity(fidelity: float) -> None:

@@ -2,15 +2,17 @@
 
 The body is the layout of Real-ESRGAN's SRVGGNetCompact (``body.{i}``: a 3x3 convolution, then
 (PReLU, 3x3 convolution) ``num_conv`` times, then PReLU and the last convolution to
-``out * scale**2`` channels, pixel shuffle), added to the input replicated over each block. Its
-weights load wherever SRVGGNetCompact's do (spandrel); medsr adds one step without parameters:
+``out * scale**2`` channels, pixel shuffle), so its parameter names are upstream's. Two differences:
+the body's output is added to a *bicubic* upsampling of the input (upstream adds nearest-neighbour
+replication; on medical images, whose detail is faint against their range, a network that starts
+from replication spends its first thousands of iterations learning interpolation), and one step
+without parameters follows:
 
 **The data-consistency layer** (Schlemper et al., IEEE TMI 2018; the range-null-space split of
-DDNM, Wang et al., ICLR 2023): the output is projected so that each ``scale x scale`` block's mean
-is the input pixel under it. With A the block mean and A+ the replication, the output is
-``A+ x + (I - A+ A) r``: the network gives only what the box mean cannot see, and a loss taken on
-the output trains it for exactly that. medsr's projection after the network then has nothing left
-to correct but the value range and the stored levels.
+DDNM, Wang et al., ICLR 2023): the output ``y`` is projected so that each ``scale x scale`` block's
+mean is the input pixel under it, ``y + A+ (x - A y)`` with A the block mean and A+ replication. A
+loss taken on the output trains the network for exactly what the box mean cannot see, and medsr's
+projection after the network has nothing left to correct but the value range and stored levels.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class CompactSR(nn.Module):
             layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
         layers.append(nn.Conv2d(num_feat, channels * scale * scale, 3, 1, 1))
         self.body = nn.ModuleList(layers)
-        # the last convolution starts at zero: training begins from replication plus nothing
+        # the last convolution starts at zero: training begins from projected bicubic interpolation
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
 
@@ -53,11 +55,11 @@ class CompactSR(nn.Module):
         out = x
         for layer in self.body:
             out = layer(out)
-        detail = F.pixel_shuffle(out, self.scale)
-        if self.consistent:  # (I - A+ A) r: each block's mean of the detail removed
-            detail = detail - F.interpolate(F.avg_pool2d(detail, self.scale), scale_factor=self.scale,
-                                            mode="nearest")
-        return F.interpolate(x, scale_factor=self.scale, mode="nearest") + detail
+        y = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        y = y + F.pixel_shuffle(out, self.scale)
+        if self.consistent:  # y + A+ (x - A y): each block's mean becomes its input pixel
+            y = y + F.interpolate(x - F.avg_pool2d(y, self.scale), scale_factor=self.scale, mode="nearest")
+        return y
 
 
 def compact(preset: str, *, channels: int = 1, scale: int = 2) -> CompactSR:

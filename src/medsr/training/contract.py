@@ -238,9 +238,11 @@ def step(run: Run, crops: SliceCrops) -> float:
     return float(loss.detach())
 
 
-def train(config: ContractConfig, run_dir: str | Path, *, resume_from: str | Path | None = None) -> Run:
+def train(config: ContractConfig, run_dir: str | Path, *, resume_from: str | Path | None = None,
+          until: int | None = None) -> Run:
     """Train (or continue) a run in ``run_dir``: ``last.pt`` every ``save_every`` iterations and at
-    the end, ``best.pt`` at the best validation PSNR."""
+    the end, ``best.pt`` at the best validation PSNR. ``until``: stop after that iteration (a budget),
+    with the schedule of the whole run; resuming goes on exactly."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = build(config)
@@ -251,7 +253,8 @@ def train(config: ContractConfig, run_dir: str | Path, *, resume_from: str | Pat
     val = validation_slices(config.val, config.scale) if config.val else []
     log.info("%d training slices, %d validation slices; %s", len(crops.slices), len(val), config)
     started, losses = time.monotonic(), []
-    while run.iteration < config.iterations:
+    last = config.iterations if until is None else min(until, config.iterations)
+    while run.iteration < last:
         losses.append(step(run, crops))
         if val and (run.iteration % config.val_every == 0 or run.iteration == config.iterations):
             scores = validate(run.net_g_ema, val)
@@ -264,6 +267,6 @@ def train(config: ContractConfig, run_dir: str | Path, *, resume_from: str | Pat
                      scores["model"] - scores["lanczos-projected"], record["seconds"])
             if scores["model"] >= max(h["model"] for h in run.history):
                 ckpt.save(run_dir / "best.pt", run.state_dict())
-        if run.iteration % config.save_every == 0 or run.iteration == config.iterations:
+        if run.iteration % config.save_every == 0 or run.iteration == last:
             ckpt.save(run_dir / "last.pt", run.state_dict())
     return run
