@@ -16,7 +16,7 @@ TORCH_INDEX := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(shell $(PYTHON
 	"import urllib.request as r; r.urlopen('$(CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo $(CPU_INDEX)))
 endif
 
-.PHONY: setup setup-zoo test test-fast test-zoo demo bench clean
+.PHONY: setup setup-zoo lint test test-fast test-zoo demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# ruff (lint) over everything, mypy (types) over the library; both configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/mypy
 
 # The tests marked zoo (spandrel's architectures, LPIPS) in an environment of their own: spandrel and
 # lpips need torchvision built for the installed torch, and the package index's pair (torch +
@@ -46,7 +51,7 @@ test-zoo: setup-zoo
 	$(ZOO_VENV)/bin/python -c "import spandrel, lpips"  # fails loudly, never a silent skip
 	$(ZOO_VENV)/bin/python -m pytest -q -m zoo
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gt-size", type=int, default=96)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "2")))

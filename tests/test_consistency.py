@@ -356,9 +356,11 @@ def test_an_out_of_domain_choice_runs_with_one_warning(tmp_path, caplog, tiny_pa
 
 
 def test_known_models_declare_their_domain():
+    from medsr.models.catalog import KNOWN_MODELS
+
     for name in ("realesrgan-x4plus", "retina", "retina-fidelity", "cxr", "cxr-fidelity", "ct-fidelity"):
-        assert medsr.models.weights.KNOWN_MODELS[name].domain is not None
-    cxr = medsr.models.weights.KNOWN_MODELS["cxr-fidelity"]
+        assert KNOWN_MODELS[name].domain is not None
+    cxr = KNOWN_MODELS["cxr-fidelity"]
     assert cxr.domain.mismatch(modality="CR", channels=1, bit_depth=8) is None
 
 

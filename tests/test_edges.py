@@ -1,5 +1,6 @@
 """Every edge a user hits (issue 25): arguments checked before work, each case a one-line error."""
 
+import importlib
 import sys
 
 import numpy as np
@@ -22,7 +23,7 @@ def one_image(tmp_path):
 
 @pytest.mark.parametrize("tile", [-5, 2.5, True, "64"])
 def test_a_bad_tile_is_refused_before_any_model_loads(tile, monkeypatch):
-    module = sys.modules["medsr.engine.upscale"]  # the module, not the function medsr.upscale
+    module = importlib.import_module("medsr.engine.upscale")  # the module, not the function medsr.upscale
     monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded before the tile check"))
     with pytest.raises(ValueError, match=r"tile .*: give None \(automatic\), 0 \(the whole image\) or a positive"):
         medsr.upscale(random_image(8, 8, 1)[..., 0], tile=tile)
@@ -172,7 +173,6 @@ def test_a_network_returning_the_wrong_size_is_named():
 
 def test_demo_figure_labels_grow_with_the_panels(tmp_path):
     import subprocess
-    import sys
     from pathlib import Path
 
     PILImage.fromarray(random_image(160, 160, 3)).save(tmp_path / "lr.png")

@@ -25,7 +25,8 @@ def _modules() -> dict[str, Path]:
 def _runtime_imports(path: Path) -> set[str]:
     """medsr modules that ``path`` imports when it runs (imports under ``if TYPE_CHECKING`` left out)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+    skipped = {id(n) for node in ast.walk(tree)
+               if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
                for child in node.body for n in ast.walk(child)}
     found = set()
     for node in ast.walk(tree):

@@ -256,3 +256,75 @@ def test_offline_is_read_in_one_place(monkeypatch):
     for value, expected in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)):
         monkeypatch.setenv("MEDSR_OFFLINE", value)
         assert downloads.offline() is expected
+
+
+def _release(folder, model, name="tiny-release.pth"):
+    """A release file of the tiny network, its SHA-256 and a spec that records it (the official URL unreachable)."""
+    import hashlib
+
+    torch.save({"params_ema": tiny_state()}, folder / name)
+    digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    spec = ModelSpec(name=model, preset="tiny", description="test",
+                     url=f"http://127.0.0.1:9/{name}", url_sha256=digest)
+    return spec
+
+
+def test_a_mirror_folder_serves_release_files_by_digest(tmp_path, monkeypatch):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    spec = _release(folder, "mirror-ok")
+    monkeypatch.setenv("MEDSR_WEIGHTS_MIRROR", str(folder))
+    path = weights.fetch(spec, online=False)  # a local folder needs no network
+    assert path == weights.cached_path(spec)
+    assert same(state_dicts.load_generator(path).state_dict(), tiny_state())
+
+
+def test_a_mirror_file_with_another_digest_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    spec = _release(folder, "mirror-refused")
+    torch.save({"params_ema": {k: v + 1 for k, v in tiny_state().items()}}, folder / "tiny-release.pth")
+    monkeypatch.setenv("MEDSR_WEIGHTS_MIRROR", str(folder))
+    with pytest.raises(WeightsError, match=r"tiny-release\.pth: SHA-256 .* not the .* recorded in medsr; refused"):
+        weights.fetch(spec, online=False)
+    assert not weights.cached_path(spec).exists()
+
+
+def test_a_mirror_url_is_tried_before_the_official_address(served):
+    root, base = served
+    spec = _release(root, "mirror-url")
+    path = weights.fetch(spec, online=True, source=base)
+    assert same(state_dicts.load_generator(path).state_dict(), tiny_state())
+
+
+def test_weights_fetch_from_a_folder_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from medsr.cli import main
+    from medsr.models import catalog
+
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    spec = _release(folder, "mirror-cli")
+    monkeypatch.setitem(catalog.KNOWN_MODELS, spec.name, spec)
+    assert main(["weights", "fetch", spec.name, "--from", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == str(weights.cached_path(spec))
+
+
+def test_the_committed_manifest_is_the_catalogs(capsys):
+    """docs/models/manifest.json lists every known model with the SHA-256 and size of its file; the
+    shipped files are hashed here, independently of the catalog's record."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from medsr.cli import main
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/models/manifest.json").read_text())
+    assert main(["weights", "manifest"]) == 0
+    assert json.loads(capsys.readouterr().out) == committed
+    assert {e["name"] for e in committed} == set(weights.KNOWN_MODELS)
+    for entry in committed:
+        if entry["shipped"]:
+            data = (weights.PACKAGED_DIR / entry["file"]).read_bytes()
+            assert (hashlib.sha256(data).hexdigest(), len(data)) == (entry["sha256"], entry["bytes"])
+        else:
+            assert entry["url"].endswith(entry["file"]) and len(entry["sha256"]) == 64

@@ -29,14 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CliHandler(logging.StreamHandler):
+    medsr_cli = True  # found again by this mark, which holds across reloads of this module
+
+
 def _show_library_logs() -> None:
     """The library logs through ``logging``; the command line shows its INFO lines on stdout."""
     logger = logging.getLogger("medsr")
     for handler in [h for h in logger.handlers if getattr(h, "medsr_cli", False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _CliHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.medsr_cli = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

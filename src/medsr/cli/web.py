@@ -38,10 +38,12 @@ def run_study(args: argparse.Namespace) -> int:
     from medsr.web import study
 
     if args.action == "build":
-        methods, reference = {}, args.reference
+        methods: dict[str, str | Path] = {}
+        reference = args.reference
         if args.report:
-            methods, found = study.report_methods(args.report)
-            reference = reference or found
+            reported, found_reference = study.report_methods(args.report)
+            methods.update(reported)
+            reference = reference or found_reference
         for entry in args.method:
             name, eq, folder = entry.partition("=")
             if not eq or not name or not folder:

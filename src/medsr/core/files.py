@@ -8,15 +8,15 @@ import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: msvcrt locks instead
-    fcntl = None
+if sys.platform == "win32":  # msvcrt locks instead of fcntl
     import msvcrt
+else:
+    import fcntl
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
 
 def _lock(handle) -> None:
     """An exclusive lock on an open file, or OSError when another process holds it."""
-    if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    else:
+    if sys.platform == "win32":
         handle.seek(0)
         msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def sha256(path: str | Path) -> str:

@@ -48,7 +48,8 @@ class KernelParams:
 
 def _grid(size: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     ax = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
-    return torch.meshgrid(ax, ax, indexing="xy")  # x varies along columns, y along rows
+    x, y = torch.meshgrid(ax, ax, indexing="xy")  # x varies along columns, y along rows
+    return x, y
 
 
 def make_kernel(params: KernelParams, *, pad_to: int | None = None) -> torch.Tensor:

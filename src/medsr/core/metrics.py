@@ -6,6 +6,7 @@ Definitions, formulas and reasons: docs/METRICS.md.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt
@@ -178,8 +179,16 @@ def chest_region(shape: tuple[int, int], *, margin: float = 0.1) -> np.ndarray:
 BANDS = ((0.0625, 0.125), (0.125, 0.25), (0.25, 0.5))  # cycles per pixel
 
 
+class BandDetail(TypedDict):
+    """One frequency band of ``band_detail``."""
+
+    band: str  # "low-high", in cycles per pixel
+    kept: float
+    invented: float
+
+
 def band_detail(sr: np.ndarray, gt: np.ndarray, *, bands: tuple[tuple[float, float], ...] = BANDS
-                ) -> list[dict[str, float]]:
+                ) -> list[BandDetail]:
     """For each frequency band of two gray images: how much of the GT's detail the SR reproduces
     (``kept``) and how much energy the SR has that the GT does not (``invented``).
 
@@ -193,7 +202,7 @@ def band_detail(sr: np.ndarray, gt: np.ndarray, *, bands: tuple[tuple[float, flo
     spec_g = np.fft.fft2((gt - gt.mean()) * window)
     fy, fx = np.fft.fftfreq(gt.shape[0]), np.fft.fftfreq(gt.shape[1])
     radius = np.sqrt(fy[:, None] ** 2 + fx[None] ** 2)
-    out = []
+    out: list[BandDetail] = []
     for low, high in bands:
         band = (radius >= low) & (radius < high)
         e_g = float(np.sum(np.abs(spec_g[band]) ** 2))

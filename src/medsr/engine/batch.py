@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from medsr.engine.devices import pick_device
 from medsr.engine.upscale import DEFAULT_MODEL, model_for, upscale, volume_model
 from medsr.formats import dicom
 from medsr.formats.io import WRITERS, check_writable, image_files, read_frames, reader_for, write_frames, write_image
-from medsr.formats.volume import is_nifti, read_volume, write_volume
+from medsr.formats.volume import Volume, is_nifti, read_volume, write_volume
 from medsr.models import weights
 from medsr.models.model import SRModel, as_model
 
@@ -72,11 +73,12 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
     a file only for a single input file and when it has an image suffix. ``ext`` (".png", ".tif",
     ...) sets the output type; the default keeps the input's.
     """
-    inputs, output = [Path(p) for p in inputs], Path(output)
+    items, output = [Path(p) for p in inputs], Path(output)
     if ext is not None and ext not in WRITERS:
         raise ValueError(f"ext {ext!r}: cannot write that type (known: {', '.join(WRITERS)})")
-    problems, sources = [], []
-    for item in inputs:
+    problems: list[tuple[Path, str]] = []
+    sources: list[tuple[Path, Path]] = []
+    for item in items:
         if item.is_dir():
             unreadable: list[str] = []
             # an output folder inside the input folder holds earlier outputs, not inputs
@@ -91,13 +93,14 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
         else:
             problems.append((item, f"{item}: no such file or folder"))
     named = output.suffix.lower() in WRITERS or is_nifti(output)
-    single_file = len(inputs) == 1 and not inputs[0].is_dir() and named
+    single_file = len(items) == 1 and not items[0].is_dir() and named
     if named and not single_file:
         return Plan([], problems + [(output, f"{output}: an output file name needs exactly one input file")])
     unwritable = _unwritable(output.parent if single_file else output)
     if unwritable:  # found before any model runs, not after the first image
         return Plan([], problems + [(output, unwritable)])
-    pairs, taken = [], {}
+    pairs: list[tuple[Path, Path]] = []
+    taken: dict[Path, Path] = {}
     for source, relative in sources:
         target = output if single_file else output / relative
         if is_nifti(source) != is_nifti(target) and (single_file or ext):
@@ -223,10 +226,10 @@ def upscale_files(
         weights.check_fidelity(fidelity)  # arguments before work
     for source, problem in plan.problems:
         yield FileResult(source=source, error=problem)
-    loaded: dict[tuple[str, float | None], SRModel] = {}
+    loaded: dict[tuple[str | Path, float | None], SRModel] = {}
     series = series_ranges([source for source, _ in plan.pairs], options)  # whole series, also when resumed
-    settings = dict(outscale=outscale, tile=tile, device=device, precision=precision, consistency=consistency,
-                    allow_inconsistent=allow_inconsistent)
+    settings: dict[str, Any] = dict(outscale=outscale, tile=tile, device=device, precision=precision,
+                                    consistency=consistency, allow_inconsistent=allow_inconsistent)
     for source, target in plan.pairs:
         if target.exists() and not overwrite:
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
@@ -245,19 +248,21 @@ def upscale_files(
             if isinstance(model, SRModel | torch.nn.Module):
                 chosen, why = as_model(model), "as asked"
             else:
-                *key, why = model_for(frames[0], model, fidelity)
-                key = tuple(key)
+                name, name_fidelity, why = model_for(frames[0], model, fidelity)
+                key = (name, name_fidelity)
                 if key not in loaded:
-                    loaded[key] = weights.load_model(key[0], fidelity=key[1])
+                    loaded[key] = weights.load_model(name, fidelity=name_fidelity)
                 chosen = loaded[key]
             stack_range = series.get(source) or content_range([frame.pixels for frame in frames])
-            outputs = []
+            outputs: list[Image] = []
             for index, frame in enumerate(frames):
                 def tiles(done: int, total: int, index: int = index, source: Path = source,
                           count: int = len(frames)) -> None:
                     if progress:
                         progress(source, index * total + done, count * total)
-                outputs.append(upscale(frame, model=chosen, progress=tiles, stack_range=stack_range, **settings))
+                out = upscale(frame, model=chosen, progress=tiles, stack_range=stack_range, **settings)
+                assert isinstance(out, Image)  # an Image in gives an Image out
+                outputs.append(out)
             write_frames(target, outputs, overwrite=overwrite)
             scores = _write_maps(target, frames, outputs, overwrite) if maps else (None, None)
         except weights.WeightsError:
@@ -309,13 +314,14 @@ def series_ranges(sources: list[Path], options: ReadOptions) -> dict[Path, tuple
 
 
 def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis: int | None, overwrite: bool,
-                 progress: Callable[[Path, int, int], None] | None, settings: dict) -> FileResult:
+                 progress: Callable[[Path, int, int], None] | None, settings: dict[str, Any]) -> FileResult:
     """One NIfTI file: read, upscale slice by slice, write checked; the result or the error."""
     try:
         volume = read_volume(source)
         chosen, why = volume_model(model, fidelity, volume)
         out = upscale(volume, model=chosen, axis=axis, **settings,
                       progress=(lambda done, total: progress(source, done, total)) if progress else None)
+        assert isinstance(out, Volume)  # a Volume in gives a Volume out
         write_volume(target, out, overwrite=overwrite)
     except weights.WeightsError:
         raise

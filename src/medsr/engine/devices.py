@@ -83,8 +83,8 @@ def _cgroup_room() -> int | None:
             rooms.append(_room_in(group, *names))
             if group == base:
                 break
-    rooms = [room for room in rooms if room is not None]
-    return min(rooms) if rooms else None
+    found = [room for room in rooms if room is not None]
+    return min(found) if found else None
 
 
 def _room_in(group: Path, limit_name: str, usage_name: str, cache_names: tuple[str, ...]) -> int | None:

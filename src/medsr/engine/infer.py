@@ -92,8 +92,9 @@ def keep_freed_memory() -> bool:
 
 def return_freed_memory() -> None:
     """Give the memory kept by ``keep_freed_memory`` back to the system."""
-    if keep_freed_memory():
-        _glibc().malloc_trim(0)
+    libc = _glibc()
+    if keep_freed_memory() and libc is not None:  # kept only with glibc
+        libc.malloc_trim(0)
 
 
 @contextmanager
@@ -129,6 +130,7 @@ def pick_precision(precision: str, device: torch.device, model: SRModel | None =
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
     if precision not in runs_in:
+        assert model is not None  # without one, every precision runs
         raise ValueError(f"model {model.name} ({model.architecture}) does not run in {precision}; "
                          f"it runs in {', '.join(runs_in)}")
     if precision == "fp16" and device.type == "cpu":
@@ -245,7 +247,7 @@ def _prepared(net: torch.nn.Module, device: torch.device, dtype: torch.dtype = t
     kept = _PREPARED.setdefault(net, {}).get(key)
     if kept is not None and kept[0] == version:
         return kept[1]
-    copied = copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval().to(dtype)
+    copied = copy.deepcopy(net).to(device, memory_format=torch.channels_last).eval().to(dtype)  # type: ignore[call-overload]  # torch stubs lack Module.to(memory_format=)
     if head:
         for module in copied.head_modules():
             module.to(head_dtype)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def _check_memory(image: Image, scale: int, out_size: tuple[int, int], device: t
 
 
 def upscale(
-    image: Image | np.ndarray | str | Path,
+    image: Image | np.ndarray | str | Path | Volume,
     *,
     model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL,
     outscale: float | None = None,
@@ -162,17 +163,25 @@ def upscale(
     devices.pick_device(device)
     if isinstance(image, str | Path) and is_nifti(image):
         image = read_volume(image)
+    options: dict[str, Any] = dict(outscale=outscale, tile=tile, device=device, precision=precision,
+                                   consistency=consistency, allow_inconsistent=allow_inconsistent, tolerance=tolerance)
     if isinstance(image, Volume):
-        return _upscale_volume(image, model=model, fidelity=fidelity, axis=axis, progress=progress,
-                               options=dict(outscale=outscale, tile=tile, device=device, precision=precision,
-                                            consistency=consistency, allow_inconsistent=allow_inconsistent,
-                                            tolerance=tolerance))
-    as_array = isinstance(image, np.ndarray)
-    if as_array:
-        dtype = image.dtype
-        image = Image.from_array(image, value_range=value_range)
-    elif not isinstance(image, Image):
+        return _upscale_volume(image, model=model, fidelity=fidelity, axis=axis, progress=progress, options=options)
+    if isinstance(image, np.ndarray):
+        result = _upscale_image(Image.from_array(image, value_range=value_range), model=model, fidelity=fidelity,
+                                progress=progress, stack_range=stack_range, **options)
+        return _as_array(result, image.dtype, value_range)
+    if not isinstance(image, Image):
         image = read_image(image, ReadOptions(value_range=value_range))
+    return _upscale_image(image, model=model, fidelity=fidelity, progress=progress, stack_range=stack_range,
+                          **options)
+
+
+def _upscale_image(image: Image, *, model: str | Path | SRModel | torch.nn.Module, fidelity: float | None,
+                   outscale: float | None, tile: int | None, device: str | torch.device, precision: str,
+                   progress: Callable[[int, int], None] | None, consistency: bool, allow_inconsistent: bool,
+                   tolerance: Tolerance, stack_range: tuple[float, float] | None) -> Image:
+    """``upscale`` of one image (see there)."""
     if isinstance(model, SRModel | torch.nn.Module):
         if fidelity is not None:
             raise ValueError("fidelity blends named medical models; give model='retina' or 'cxr', not a network")
@@ -188,9 +197,9 @@ def upscale(
     source = image.source
     _check_memory(image, model.scale, (out_h, out_w), devices.pick_device(device), source)
     _warn_out_of_domain(model, image)
-    low, high = stack_range or content_range(image.pixels)
+    low, high = stack_range if stack_range is not None else content_range(image.pixels)
     net_low, net_high = image.window or (low, high)
-    spread = max(net_high - net_low, np.finfo(np.float32).tiny)
+    spread = max(float(net_high - net_low), float(np.finfo(np.float32).tiny))
     lq = np.clip((image.pixels - net_low) / spread, 0, 1, dtype=np.float32)
     try:
         sr = upscale_tensor(model, torch.from_numpy(lq), tile=tile, device=device, precision=precision,
@@ -217,9 +226,11 @@ def upscale(
     meta = dict(image.meta)
     if "dpi" in meta:  # same physical size, more pixels
         meta["dpi"] = tuple(d * out_w / width for d in meta["dpi"])
-    result = replace(image, pixels=sr, alpha=alpha, model=name, consistency=found, meta=meta)
-    if not as_array:
-        return result
+    return replace(image, pixels=sr, alpha=alpha, model=name, consistency=found, meta=meta)
+
+
+def _as_array(result: Image, dtype: np.dtype, value_range: str | tuple[float, float]) -> np.ndarray:
+    """An array of the input's dtype: integers in their stored levels, floats in the caller's range."""
     if dtype in (np.uint8, np.uint16):
         return result.to_array()
     low, high = value_range if isinstance(value_range, tuple) else (0.0, 1.0)
@@ -255,11 +266,12 @@ def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity
 
 
 def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,
-                    progress: Callable[[int, int], None] | None, options: dict) -> Volume:
+                    progress: Callable[[int, int], None] | None, options: dict[str, Any]) -> Volume:
     chosen, why = volume_model(model, fidelity, volume)
     log.info("%s: model %s (%s)", volume.source, chosen.name, why)
-    return upscale_volume(volume, lambda image, stack_range: upscale(image, model=chosen, stack_range=stack_range,
-                                                                     **options), axis=axis, progress=progress)
+    return upscale_volume(volume, lambda image, stack_range: _upscale_image(
+        image, model=chosen, fidelity=None, progress=None, stack_range=stack_range, **options), axis=axis,
+        progress=progress)
 
 
 def _warn_out_of_domain(model: SRModel, image: Image) -> None:

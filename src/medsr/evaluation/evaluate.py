@@ -205,8 +205,10 @@ def parse_model_entry(entry: str) -> tuple[str, float | None]:
 def build_models(names: list[str], *, tile: int | None, device: str, precision: str = "auto") -> list[Model]:
     """Baselines and models by entry: a name, ``NAME@F`` (a fidelity), a path, or ``LABEL=ENTRY``.
     Labels are unique: two checkpoints of one file name are told apart by their paths."""
-    labelled = [entry.split("=", 1) if "=" in entry and not Path(entry).exists() else [None, entry]
-                for entry in names]
+    labelled: list[tuple[str, str]] = []  # (label or "", entry)
+    for entry in names:
+        label, _, rest = entry.partition("=") if "=" in entry and not Path(entry).exists() else ("", "", entry)
+        labelled.append((label, rest))
     stems = [Path(entry).name for _, entry in labelled]
     models = []
     for (label, name), stem in zip(labelled, stems, strict=True):
@@ -235,8 +237,10 @@ def _build_model(name: str, *, tile: int | None, device: str, precision: str) ->
     model = load_model(entry, fidelity=fidelity)
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # the raw network: evaluate projects it (or not)
-        return upscale(Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], tile=tile, device=device,
-                       precision=precision, consistency=False, allow_inconsistent=True).pixels
+        out = upscale(Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], tile=tile, device=device,
+                      precision=precision, consistency=False, allow_inconsistent=True)
+        assert isinstance(out, Image)  # an Image in gives an Image out
+        return out.pixels
 
     source = "; ".join(f"{path} (SHA-256 {digest})" for path, digest in model.sources)
     # "retina@0.5" keeps its label (the report plots the dial from it); otherwise the known name,
@@ -309,11 +313,12 @@ class VesselTruth:
 
     def scores(self, vessels: np.ndarray) -> dict[str, float]:
         """AUC of a vesselness map against the annotation, all vessels and the thin ones."""
+        assert self.annotation is not None and self.thin is not None and self.considered is not None  # see ``of``
         return {"vessel_auc": metrics.auc(vessels[self.fov], self.annotation[self.fov]),
                 "thin_vessel_auc": metrics.auc(vessels[self.considered], self.thin[self.considered])}
 
 
-def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: int, options: Options, inside: np.ndarray | None,
+def image_metrics(sr: np.ndarray, gt: np.ndarray, max_value: float, options: Options, inside: np.ndarray | None,
                   truth: VesselTruth | None) -> dict[str, float]:
     """The metrics of one output; ``inside``: the anatomy mask (``anatomy_mask``), None for none."""
     sr_q, gt_q = quantize(sr, max_value).astype(np.float64), quantize(gt, max_value).astype(np.float64)
@@ -399,7 +404,7 @@ def evaluate_sample(sample: Sample, models: list[Model], options: Options,
     inside = anatomy_mask(gt, options.protocol)  # once per image, for every model
     truth = None
     if options.protocol.vessels and gt.shape[0] == 3:
-        fov = inside if options.protocol.anatomy == "fundus" else metrics.field_of_view(gt)
+        fov = inside if options.protocol.anatomy == "fundus" and inside is not None else metrics.field_of_view(gt)
         annotation = None if sample.annotation is None else read_annotation(sample.annotation,
                                                                             options.protocol.gt_size)
         truth = VesselTruth.of(gt, fov, annotation)
@@ -433,7 +438,7 @@ def evaluate(samples: list[Sample], models: list[Model], options: Options,
 
 def per_image(results: list[Result]) -> dict[str, dict[str, list[float]]]:
     """``{model: {metric: [value per image]}}``, NaN where an image has no value, in image order."""
-    models = {m: set() for r in results for m in r.rows}
+    models: dict[str, set[str]] = {m: set() for r in results for m in r.rows}
     for result in results:
         for model, row in result.rows.items():
             models[model] |= set(row)
@@ -448,7 +453,7 @@ def summarise(results: list[Result]) -> dict[str, dict[str, float]]:
         for model, row in result.rows.items():
             for key, value in row.items():
                 table.setdefault(model, {}).setdefault(key, []).append(value)
-    summary = {}
+    summary: dict[str, dict[str, float]] = {}
     for model, columns in table.items():
         summary[model] = {}
         for key, values in columns.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -256,7 +257,7 @@ def write_report(folder: Path, results: list[Result], summary: dict, settings: d
                         f'src="data:image/png;base64,{_png_data(dial)}">')
     for result in results[:figures]:
         figure = comparison_figure(result, region)
-        write_atomic(folder / "figures" / f"{result.sample.name}.png", lambda tmp, f=figure: f.save(tmp, "PNG"))
+        write_atomic(folder / "figures" / f"{result.sample.name}.png", functools.partial(figure.save, format="PNG"))
         sections.append(f"<h3>{html.escape(result.sample.name)}</h3>"
                         f'<img alt="comparison for {html.escape(result.sample.name)}" '
                         f'src="data:image/png;base64,{_png_data(figure)}">')

@@ -53,7 +53,7 @@ def statistics(rows: dict[str, dict[str, list[float]]], reference: str | None) -
     Returns ``{model: {metric: {"mean", "ci95", "n", "vs_reference": paired(...)}}}``; the paired
     part only when ``reference`` is one of the models and not the model itself.
     """
-    out = {}
+    out: dict[str, dict[str, dict]] = {}
     for model, columns in rows.items():
         out[model] = {}
         for metric, values in columns.items():

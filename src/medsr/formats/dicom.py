@@ -132,7 +132,12 @@ def window_range(ds: Dataset, mapping: StoredRange, window: str | tuple[float, f
     ``mapping`` that it spans, for the network's range; None for colour images, which have none."""
     if ds.SamplesPerPixel != 1 or ds.PhotometricInterpretation == "PALETTE COLOR":
         return None
-    centre, width = _window_of(ds, path) if window == "voi" else window
+    if isinstance(window, str):
+        if window != "voi":
+            raise ImageError(f"{path}: window {window!r}: give (centre, width) or 'voi'")
+        centre, width = _window_of(ds, path)
+    else:
+        centre, width = window
     try:
         check_window(centre, width, f"{path}: window {centre:g},{width:g}")
     except ValueError as exc:
@@ -325,8 +330,9 @@ def _scale_spacing(ds: Dataset, scale_y: float, scale_x: float, source: str) -> 
             continue
         spacing = _numbers(ds, name)
         if spacing is None or len(spacing) != 2:
-            log.warning("%s: %s %r is not two numbers; left out of the upscaled image", source, name,
-                        ds.data_element(name).value)
+            element = ds.data_element(name)
+            assert element is not None  # a keyword's element in ds: checked above
+            log.warning("%s: %s %r is not two numbers; left out of the upscaled image", source, name, element.value)
             delattr(ds, name)
             continue
         row, col = spacing
@@ -341,9 +347,10 @@ def _first(frame: Dataset, shared: Dataset, sequence: str) -> Dataset:
 
 def _numbers(ds: Dataset, name: str) -> np.ndarray | None:
     """A multi-valued decimal element as numbers; None when absent or not all finite numbers."""
-    if name not in ds:
+    element = ds.data_element(name) if name in ds else None
+    if element is None:
         return None
-    value = ds.data_element(name).value
+    value = element.value
     try:
         numbers = np.array([float(v) for v in (value if isinstance(value, list | tuple | MultiValue) else [value])])
     except (TypeError, ValueError):

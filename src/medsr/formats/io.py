@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import png
@@ -43,14 +44,16 @@ JPEG_GRAY_TOLERANCE = 2  # stored levels: chroma subsampling and rounding leave 
 
 
 def _read_pillow(path: Path, options: ReadOptions) -> Image:
+    im: PILImage.Image  # the opened file, then its upright and converted copies
     with warnings.catch_warnings(), _pillow_pixel_limit(options.max_pixels):
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         with PILImage.open(path) as im:
             check_pixels(path, im.width, im.height, options.max_pixels)
-            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # APNG and the like: not one picture
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format != "MPO":  # APNG and the like: not one picture
                 # (MPO: a camera JPEG with extra images in its index; the first is the photograph)
                 kind = "an animated PNG" if im.format == "PNG" else f"a {im.format} file"
-                raise ImageError(f"{path}: {kind} of {im.n_frames} frames; medsr reads single images "
+                raise ImageError(f"{path}: {kind} of {frames} frames; medsr reads single images "
                                  "(save the frames as separate files, or as a multi-page TIFF)")
             tolerance = JPEG_GRAY_TOLERANCE if im.format == "JPEG" else 0  # the transposed copy has no format
             orientation = im.getexif().get(0x0112)
@@ -102,7 +105,9 @@ def _cmyk_to_rgb(im: PILImage.Image) -> PILImage.Image:
         except (OSError, ImageCms.PyCMSError):
             source = None
         if source is not None and source.profile.xcolor_space.strip() == "CMYK":
-            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            rgb = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            assert rgb is not None  # None only with inPlace=True
+            return rgb
     return im.convert("RGB")  # no usable CMYK profile: Pillow's formula
 
 
@@ -192,9 +197,14 @@ def _read_tiff_frames(path: Path, options: ReadOptions) -> list[Image]:
     return [replace(Image.from_integers(a, container, value_range=(low, high)), range_reason=reason) for a in arrays]
 
 
-def _full_pages(tif: tifffile.TiffFile) -> list:
+def _full_pages(tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
     """The pages of a TIFF that hold images, without reduced-resolution copies (thumbnails, pyramids)."""
-    return [page for page in tif.pages if not page.is_reduced]
+    pages = []
+    for page in tif.pages:
+        assert isinstance(page, tifffile.TiffPage)  # TiffFrames come only with useframes, which stays off here
+        if not page.is_reduced:
+            pages.append(page)
+    return pages
 
 
 def _tiff_page(page, path: Path, count: int) -> np.ndarray:
@@ -236,7 +246,8 @@ def _tiff_declared_max(page, container_max: int) -> tuple[int, str] | None:
 
 def _pnm_header(data: bytes, path: Path) -> tuple[bytes, int, int, int, int]:
     """Parse a binary PGM/PPM header: (magic, width, height, maxval, offset of pixel data)."""
-    tokens, pos = [], 0
+    tokens: list[bytes] = []
+    pos = 0
     while len(tokens) < 4:
         while pos < len(data) and data[pos : pos + 1].isspace():
             pos += 1
@@ -440,11 +451,12 @@ def _write_tiff(path: Path | tifffile.TiffWriter, image: Image) -> None:
     array = image.to_array()
     photometric = "minisblack" if image.stored_channels == 1 else "rgb"
     extrasamples = ("unassalpha",) if image.alpha is not None else None
-    extratags = []
+    extratags: list[tuple[int, str, int, tuple[int, ...], bool]] = []
     if image.min_value == 0 and image.max_value < np.iinfo(array.dtype).max:  # e.g. 12-bit data: say so
         samples = array.shape[2] if array.ndim == 3 else 1
         extratags.append((281, "H", samples, (int(image.max_value),) * samples, True))  # MaxSampleValue
-    options = dict(photometric=photometric, extrasamples=extrasamples, compression="zlib", extratags=extratags)
+    options: dict[str, Any] = dict(photometric=photometric, extrasamples=extrasamples, compression="zlib",
+                                   extratags=extratags)
     if isinstance(path, tifffile.TiffWriter):
         path.write(array, contiguous=False, **options)
     else:
@@ -535,9 +547,16 @@ def write_frames(path: str | Path, frames: list[Image], *, overwrite: bool = Fal
     check_writable(path, frames)
     if path.exists() and not overwrite:
         raise ImageError(f"{path}: already exists (kept; the overwrite option replaces it)")
-    write = WRITERS[suffix] if len(frames) == 1 else FRAME_WRITERS[suffix]
-    write_checked(path, lambda tmp: write(tmp, frames[0] if len(frames) == 1 else frames),
-                  lambda tmp: _verify_written(tmp, frames, path), overwrite=overwrite)
+    write_checked(path, _writer(suffix, frames), lambda tmp: _verify_written(tmp, frames, path), overwrite=overwrite)
+
+
+def _writer(suffix: str, frames: list[Image]) -> Callable[[Path], None]:
+    """``write(tmp)`` for ``frames``: one image by ``WRITERS``, several by ``FRAME_WRITERS``."""
+    if len(frames) == 1:
+        write_one = WRITERS[suffix]
+        return lambda tmp: write_one(tmp, frames[0])
+    write_all = FRAME_WRITERS[suffix]
+    return lambda tmp: write_all(tmp, frames)
 
 
 def write_checked(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], *,

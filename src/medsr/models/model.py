@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from medsr.nets.compact import CompactSR
 from medsr.nets.rrdbnet import RRDBNet
+
+if TYPE_CHECKING:
+    from spandrel import ImageModelDescriptor
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16")
 TILING = ("supported", "discouraged", "internal")  # spandrel's ModelTiling, in lower case
@@ -145,7 +149,7 @@ class _SpandrelModule(nn.Module):
     """A spandrel model as a module: its descriptor's call (padding to the architecture's size needs,
     its own input and output conventions, clamping) on the module's own weights."""
 
-    def __init__(self, descriptor: object) -> None:
+    def __init__(self, descriptor: ImageModelDescriptor) -> None:
         super().__init__()
         self.descriptor = descriptor  # not a Module: deep copies copy it with ``net``, which it holds
         self.net = descriptor.model

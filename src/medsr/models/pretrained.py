@@ -41,6 +41,7 @@ def load_vgg19(path: str | Path | None = None, *, layers: tuple[str, ...], onlin
     Looks at ``path`` if given, else the caches, else downloads (unless offline); never falls back
     to random weights.
     """
+    found: Path | None
     if path is not None:
         found = Path(path)
         if not found.is_file():

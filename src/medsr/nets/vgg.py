@@ -21,6 +21,9 @@ class VGG19Features(nn.Module):
     Input: (B, 3, H, W) in [0, 1]. Output: dict layer name -> feature map.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, *, layers: tuple[str, ...] = tuple(LAYER_INDEX)) -> None:
         super().__init__()
         unknown = set(layers) - set(LAYER_INDEX)
@@ -31,7 +34,7 @@ class VGG19Features(nn.Module):
         modules: list[nn.Module] = []
         channels = 3
         for spec in VGG19_LAYERS:
-            if spec == "M":
+            if isinstance(spec, str):  # "M"
                 modules.append(nn.MaxPool2d(2, 2))
             else:
                 modules += [nn.Conv2d(channels, spec, 3, 1, 1), nn.ReLU(inplace=False)]

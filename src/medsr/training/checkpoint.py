@@ -15,6 +15,7 @@ from medsr.core import files
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
     """Every random state of this process: torch (CPU and CUDA), numpy, python, and our generators."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # legacy=True, the default: the (name, keys, pos, ...) tuple
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

@@ -218,7 +218,7 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
 
 def _convert(hint, value, path: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, f"{path}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

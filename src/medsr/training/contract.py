@@ -49,7 +49,7 @@ class ContractConfig:
     gt_size: int = 96
     batch_size: int = 16
     iterations: int = 20_000
-    lr: float = 5e-4  # Adam; cosine decay to lr / 100
+    lr: float = 1e-3  # Adam; cosine decay to lr / 100
     ema_decay: float = 0.999
     noise: float = 0.0  # Gaussian noise on LR, standard deviation in [0, 1] units
     min_std: float = 0.01  # a crop flatter than this (air) is drawn again, up to 10 times
@@ -232,7 +232,8 @@ def step(run: Run, crops: SliceCrops) -> float:
     loss.backward()
     run.optimizer.step()
     with torch.no_grad():
-        ema, live = list(run.net_g_ema.parameters()), list(run.net_g.parameters())
+        ema: list[torch.Tensor] = list(run.net_g_ema.parameters())
+        live: list[torch.Tensor] = list(run.net_g.parameters())
         torch._foreach_lerp_(ema, live, 1 - config.ema_decay)
     run.iteration += 1
     return float(loss.detach())

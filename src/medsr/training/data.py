@@ -65,8 +65,11 @@ def volume_slice_size(path: Path) -> tuple[int, int, int]:
     """(height, width, slices) of a NIfTI volume's slices across its slice axis, from the header."""
     try:
         import nibabel
+        from nibabel.spatialimages import SpatialHeader
 
         header = nibabel.load(path).header
+        if not isinstance(header, SpatialHeader):
+            raise TypeError(f"a {type(header).__name__}, not the header of a volume")
         shape, zooms = header.get_data_shape(), header.get_zooms()[:3]
     except Exception as exc:
         raise ImageError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {exc})") from None

@@ -24,7 +24,8 @@ class PerceptualLoss(nn.Module):
         if sr.shape[1] == 1:
             sr, target = sr.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
         sr_feats, target_feats = self.vgg(sr), self.vgg(target.detach())
-        return sum(w * F.l1_loss(sr_feats[k], target_feats[k]) for k, w in self.layer_weights.items())
+        return sum((w * F.l1_loss(sr_feats[k], target_feats[k]) for k, w in self.layer_weights.items()),
+                   sr.new_zeros(()))  # a tensor also for no layers
 
 
 def gan_loss(logits: torch.Tensor, *, real: bool) -> torch.Tensor:

@@ -14,9 +14,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -72,7 +75,10 @@ class Run:
 
     @property
     def ddp_d(self) -> torch.nn.Module:
-        return self.ddp.get("d", self.net_d)
+        """The discriminator (in its DDP wrapper under torchrun), for runs that have one."""
+        net = self.ddp.get("d", self.net_d)
+        assert net is not None, "this run has no discriminator (loss.gan_weight is 0)"
+        return net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,8 +101,9 @@ def build(config: TrainConfig, run_dir: Path) -> Run:
         perceptual = PerceptualLoss(pretrained.load_vgg19(config.loss.vgg_weights, layers=layers),
                                     layer_weights=config.loss.perceptual_layers).to(device)
     if config.run.channels_last:
-        net_g = net_g.to(memory_format=torch.channels_last)
-        net_d = net_d.to(memory_format=torch.channels_last) if net_d is not None else None
+        net_g = net_g.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack Module.to(memory_format=)
+        net_d = (net_d.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack Module.to(memory_format=)
+                 if net_d is not None else None)
     optim_g, sched_g = _optimizer(net_g, config.optim.lr_g, config)
     optim_d, sched_d = _optimizer(net_d, config.optim.lr_d, config) if net_d is not None else (None, None)
     run = Run(
@@ -136,6 +143,7 @@ def init_pretrained(run: Run) -> None:
         run.net_g_ema.load_state_dict(loaded.state_dict())
     if model.init_d != "scratch":
         loaded_d = pretrained.load_discriminator(model.init_d, preset=model.preset)
+        assert run.net_d is not None  # TrainConfig refuses init_d when loss.gan_weight is 0
         run.net_d.load_state_dict(loaded_d.state_dict())
     run.warmup_done = run.net_d is None or model.init_d != "scratch" or model.d_warmup_iters == 0
 
@@ -237,10 +245,12 @@ def degraded_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gt = run.data.batch(config.data.batch_size, run.generators["order"], run.generators["crop"]).to(run.device)
     params = sample(gt.shape[0], config.degrade, run.generators["degrade"])
     lq, gt_usm = apply(gt, params, config.degrade)
-    return run.pool.exchange(lq, gt_usm, gt)
+    lq, gt_usm, gt = run.pool.exchange(lq, gt_usm, gt)
+    return lq, gt_usm, gt
 
 
 def d_step(run: Run, gt: torch.Tensor, sr: torch.Tensor) -> dict[str, float]:
+    assert run.net_d is not None and run.optim_d is not None  # D steps run only with a discriminator
     run.net_d.requires_grad_(True)
     run.optim_d.zero_grad(set_to_none=True)
     with _autocast(run):
@@ -262,15 +272,16 @@ def train_step(run: Run) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     run.optim_g.zero_grad(set_to_none=True)
     with _autocast(run):
         sr = run.ddp_g(lq)
-        logs = {"l_pix": loss.pixel_weight * F.l1_loss(sr.float(), gt_usm)}
+        terms = {"l_pix": loss.pixel_weight * F.l1_loss(sr.float(), gt_usm)}
         if run.perceptual is not None:
-            logs["l_percep"] = loss.perceptual_weight * run.perceptual(sr.float(), gt_usm)
+            terms["l_percep"] = loss.perceptual_weight * run.perceptual(sr.float(), gt_usm)
         if run.net_d is not None:
-            logs["l_gan"] = loss.gan_weight * gan_loss(run.net_d(sr).float(), real=True)
-    sum(logs.values()).backward()
+            terms["l_gan"] = loss.gan_weight * gan_loss(run.net_d(sr).float(), real=True)
+    cast(torch.Tensor, sum(terms.values())).backward()  # a tensor: l_pix is always there
     run.optim_g.step()
-    logs = {k: v.item() for k, v in logs.items()}
+    logs: dict[str, float] = {k: v.item() for k, v in terms.items()}
     if run.net_d is not None:
+        assert run.sched_d is not None  # made with the discriminator
         logs |= d_step(run, gt, sr)
         run.sched_d.step()
     decay = run.config.model.ema_decay
@@ -304,7 +315,7 @@ def warm_up_discriminator(run: Run, log) -> None:
 def validate(run: Run) -> dict[str, float]:
     """PSNR/SSIM of the EMA generator on bicubic-downscaled validation images (8-bit range)."""
     scale = run.config.degrade.scale
-    scores = {"psnr": [], "ssim": []}
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     for path in run.val_files:
         try:
             gt = as_rgb(read_image(path))
@@ -456,7 +467,7 @@ class StopRequests:
         self.run = run
         self.active = run.world_size == 1 and threading.current_thread() is threading.main_thread()
         self.requested = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _note(self, signum: int, frame: object) -> None:
         self.requested = True

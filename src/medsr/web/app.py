@@ -68,7 +68,7 @@ def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def _number(request: Request, name: str, default: float | None = None) -> float | None:
+def _number(request: Request, name: str, default: float | None = None) -> float:
     text = request.query_params.get(name)
     if text is None or text == "":
         if default is None:
@@ -110,7 +110,8 @@ def viewer_app(collection: view.Collection, *, token: str | None = None, device:
         return _png(view.overlay(image_of(request), source, request.path_params["kind"]))
 
     async def dial(request: Request):
-        region = tuple(int(_number(request, key)) for key in ("x", "y", "w", "h"))
+        x, y, w, h = (int(_number(request, key)) for key in ("x", "y", "w", "h"))
+        region = (x, y, w, h)
         if max(abs(v) for v in region) > 1 << 20:
             raise ValueError("region out of range")
         return _png(view.dial(image_of(request), _number(request, "f"), region, device=device))
@@ -167,7 +168,8 @@ def study_app(path: Path, *, token: str | None = None) -> Starlette:
         seconds = body.get("seconds")
         study.answer(path, reader=str(body.get("reader", "")), question_id=body.get("question"),
                      choice=str(body.get("choice", "")), artefacts=artefacts if isinstance(artefacts, dict) else {},
-                     seconds=float(seconds) if type(seconds) in (int, float) else None)
+                     seconds=float(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool)
+                     else None)
         return JSONResponse({"saved": True})
 
     routes = [Route("/", page), Route("/api/next", _errors(next_question)),

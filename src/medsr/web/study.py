@@ -170,7 +170,7 @@ def _reader(reader: str) -> str:
     return reader
 
 
-def answer(path: str | Path, *, reader: str, question_id: int, choice: str, artefacts: dict | None = None,
+def answer(path: str | Path, *, reader: str, question_id: object, choice: str, artefacts: dict | None = None,
            seconds: float | None = None) -> None:
     """Record an answer. ValueError when it is malformed, or given already and the study does not
     allow changes."""
@@ -216,7 +216,8 @@ def crop(path: str | Path, question_id: int, side: str) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _files_of(folder: Path) -> dict[str, Path]:
     """A study folder's files by name, listed once (every question asks for three of them)."""
-    return {item.name: item.files[0] for item in open_collection([folder]).items}
+    return {item.name: found for item in open_collection([folder]).items
+            if (found := item.files[0]) is not None}  # always: a folder alone is the one layer of its items
 
 
 # ---------------------------------------------------------------------------------------------

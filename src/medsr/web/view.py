@@ -61,7 +61,7 @@ def _layer_files(root: Path) -> dict[str, Path]:
         files = sorted(root.glob("*.png"))
     else:
         files = image_files(root)
-    keys = {}
+    keys: dict[str, Path] = {}
     for path in files:
         if not path.resolve().is_relative_to(root.resolve()):
             continue  # a link to a file outside the folder: nothing outside what was opened is read
@@ -82,6 +82,7 @@ def open_collection(paths: list[str | Path]) -> Collection:
     names = [root.name or str(root) for root in roots]
     layers = tuple(Layer(name=f"{name} ({i + 1})" if names.count(name) > 1 else name, root=root)
                    for i, (name, root) in enumerate(zip(names, roots, strict=True)))
+    items: tuple[Item, ...]
     if all(root.is_file() for root in roots):
         items = (Item(name=roots[0].stem, files=tuple(roots)),)
     else:
@@ -200,4 +201,5 @@ def dial(source: Image, fidelity: float, region: tuple[int, int, int, int], *, d
         out = upscale(crop, model=model, outscale=4, device=device)
     except ImageError as exc:
         raise ValueError(str(exc)) from None
+    assert isinstance(out, Image)  # an Image in gives an Image out
     return png(out.pixels)
