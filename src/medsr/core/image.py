@@ -32,6 +32,8 @@ class ReadOptions:
     value_range: str | tuple[float, float] = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels {self.max_pixels}: must be a whole number of at least 1")
         check_value_range(self.value_range)
 
 

@@ -94,8 +94,8 @@ def plan_outputs(inputs: Sequence[str | Path], output: str | Path, *, ext: str |
             problems.append((item, f"{item}: no such file or folder"))
     named = output.suffix.lower() in WRITERS or is_nifti(output)
     single_file = len(items) == 1 and not items[0].is_dir() and named
-    if named and not single_file:
-        return Plan([], problems + [(output, f"{output}: an output file name needs exactly one input file")])
+    if named and not single_file:  # the arguments, not a file: nothing to plan
+        raise ValueError(f"{output}: an output file name needs exactly one input file (give a folder to write into)")
     unwritable = _unwritable(output.parent if single_file else output)
     if unwritable:  # found before any model runs, not after the first image
         return Plan([], problems + [(output, unwritable)])

@@ -218,7 +218,10 @@ def _upscale_image(image: Image, *, model: str | Path | SRModel | torch.nn.Modul
     if out_h >= height and out_w >= width:
         found = measure(sr if levels is None else np.rint(sr * levels) / levels, image.pixels,
                         value_range=(low, high), tolerance=tolerance)
-    if found is not None and not allow_inconsistent and found.exceeds(tolerance):
+    if found is not None and not consistency and found.exceeds(tolerance):  # asked raw: given raw, and said
+        log.warning("%s: model %s: the raw output does not average back to the input: %s (consistency off)",
+                    source, name, ", ".join(found.exceeds(tolerance)))
+    elif found is not None and not allow_inconsistent and found.exceeds(tolerance):
         raise ConsistencyError(f"{source}: model {name}: the output does not average back to the input: "
                                f"{', '.join(found.exceeds(tolerance))}; nothing written (the allow-inconsistent "
                                "option writes it anyway)")
@@ -268,7 +271,8 @@ def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity
 def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,
                     progress: Callable[[int, int], None] | None, options: dict[str, Any]) -> Volume:
     chosen, why = volume_model(model, fidelity, volume)
-    log.info("%s: model %s (%s)", volume.source, chosen.name, why)
+    if not isinstance(model, SRModel | torch.nn.Module):  # chosen here, not by the caller: say which and why
+        log.info("%s: model %s (%s)", volume.source, chosen.name, why)
     return upscale_volume(volume, lambda image, stack_range: _upscale_image(
         image, model=chosen, fidelity=None, progress=None, stack_range=stack_range, **options), axis=axis,
         progress=progress)

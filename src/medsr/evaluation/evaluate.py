@@ -28,7 +28,7 @@ from medsr.engine.upscale import upscale
 from medsr.formats.io import image_files, is_nifti, read_image, reader_for
 from medsr.formats.volume import read_volume, reading_axis, slice_axis
 from medsr.models.interpolation import INTERPOLATIONS, RESIZERS
-from medsr.models.weights import load_model
+from medsr.models.weights import WeightsError, load_model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +205,8 @@ def parse_model_entry(entry: str) -> tuple[str, float | None]:
 def build_models(names: list[str], *, tile: int | None, device: str, precision: str = "auto") -> list[Model]:
     """Baselines and models by entry: a name, ``NAME@F`` (a fidelity), a path, or ``LABEL=ENTRY``.
     Labels are unique: two checkpoints of one file name are told apart by their paths."""
+    if not names:
+        raise ValueError("no methods to evaluate: give baselines or models")
     labelled: list[tuple[str, str]] = []  # (label or "", entry)
     for entry in names:
         label, _, rest = entry.partition("=") if "=" in entry and not Path(entry).exists() else ("", "", entry)
@@ -234,7 +236,10 @@ def _build_model(name: str, *, tile: int | None, device: str, precision: str) ->
         resize = RESIZERS[INTERPOLATIONS[name]]
         return Model(name, lambda lr, size: enforce(resize(lr, *size), lr))
     entry, fidelity = parse_model_entry(name)
-    model = load_model(entry, fidelity=fidelity)
+    try:
+        model = load_model(entry, fidelity=fidelity)
+    except WeightsError as exc:  # a name or file given as an argument: a usage error
+        raise ValueError(str(exc)) from None
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # the raw network: evaluate projects it (or not)
         out = upscale(Image(pixels=lr), model=model, outscale=size[0] / lr.shape[1], tile=tile, device=device,

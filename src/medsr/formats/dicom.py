@@ -187,6 +187,11 @@ def _check_supported(ds: Dataset, path: Path, max_pixels: int) -> None:
                          f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
     if ds.get("BitsAllocated") not in (8, 16):
         raise ImageError(f"{path}: {ds.get('BitsAllocated')} bits allocated per sample is not supported (8 or 16)")
+    samples = ds.get("SamplesPerPixel", 1)
+    expected = 1 if photometric.startswith("MONOCHROME") or photometric == "PALETTE COLOR" else 3
+    if samples != expected:  # the header contradicts itself: refuse the input, not the output it would make
+        raise ImageError(f"{path}: {photometric} with {samples} samples per pixel (it needs {expected}); the "
+                         "header contradicts itself")
     check_pixels(path, int(ds.Columns), int(ds.Rows) * frame_count(ds), max_pixels)
 
 

@@ -95,6 +95,8 @@ def read_volume(path: str | Path) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    if path.name.lower().endswith(".gz"):
+        _check_gzip(path)
     try:
         image = nibabel.load(path)
         if not isinstance(image, nibabel.Nifti1Pair):  # NIfTI-1 and NIfTI-2, one file or a pair
@@ -119,6 +121,20 @@ def read_volume(path: str | Path) -> Volume:
         raise ImageError(f"{path}: datatype {data.dtype} is not supported (integers and floats up to 64 bits)")
     return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64), slope=slope, inter=inter,
                   header=image.header.copy(), source=str(path))
+
+
+def _check_gzip(path: Path) -> None:
+    """Read a gzip stream to its end, where its CRC-32 and length are checked: nibabel stops at the
+    last voxel, so a damaged file would otherwise be read without a word."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageError(f"{path}: the gzip data are damaged ({exc})") from None
 
 
 def write_volume(path: str | Path, volume: Volume, *, overwrite: bool = False) -> None:

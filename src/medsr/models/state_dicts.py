@@ -81,6 +81,9 @@ def check_fits(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: 
                 f"{source}: tensor {key!r} has shape {tuple(state[key].shape)}, "
                 f"the network needs {tuple(tensor.shape)}"
             )
+        if not state[key].is_floating_point() and tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {key!r} holds {str(state[key].dtype).removeprefix('torch.')} "
+                               "values; weights must be floating point")
         if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
             raise WeightsError(f"{source}: tensor {key!r} holds NaN or infinite values")
     for key in state:

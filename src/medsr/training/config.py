@@ -27,9 +27,14 @@ def check_bounds(config: object, **bounds: tuple[float | None, float | None]) ->
     leaves a side open. The error names the field (``from_dict`` adds the section)."""
     for name, (low, high) in bounds.items():
         value = getattr(config, name)
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite or (low is not None and value < low) or (high is not None and value > high):
             allowed = f"at least {low:g}" if high is None else f"within {low:g}..{high:g}"
-            raise ValueError(f"{name} {value!r}: must be {allowed}")
+            shown = repr(value) if len(repr(value)) <= 24 else f"{repr(value)[:12]}...({len(repr(value))} digits)"
+            raise ValueError(f"{name} {shown}: must be {allowed}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,7 +277,7 @@ def apply_override(tree: dict, assignment: str) -> dict:
         if not isinstance(node, dict) or part not in node:
             raise ValueError(f"unknown config key {'.'.join(parts[: depth + 1])!r} in --set {assignment!r}")
         if depth == len(parts) - 1:
-            node[part] = parse_yaml(text, f"--set {assignment!r}")
+            node[part] = parse_yaml(text, f"--set {key.strip()}")
         else:
             node = node[part]
     return tree
@@ -293,6 +298,10 @@ def parse_yaml(text: str, where: str):
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to be a config") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def read_yaml_file(path: str | Path) -> dict:
