@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--gt-size", type=int, default=96)
+    parser.add_argument("--gt-size", type=int, default=128)
+    parser.add_argument("--margin", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--val-every", type=int, default=500)
@@ -39,7 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = ContractConfig(train=tuple(args.train), val=tuple(args.val), preset=args.preset, scale=args.scale,
                             iterations=args.iterations, batch_size=args.batch_size, gt_size=args.gt_size,
-                            lr=args.lr, noise=args.noise, val_every=args.val_every, save_every=args.val_every)
+                            lr=args.lr, noise=args.noise, margin=args.margin, val_every=args.val_every,
+                            save_every=args.val_every)
     last = args.run / "last.pt"
     train(config, args.run, resume_from=last if args.resume and last.is_file() else None)
 

@@ -67,16 +67,17 @@ def test_bad_option_values_are_refused_before_work(tmp_path, tiny_file, capsys):
 
 @pytest.mark.slow
 def test_evaluate_with_its_default_baselines_and_reference(tmp_path, capsys):
-    """No --baselines, no --reference: bicubic, Lanczos and Real-ESRGAN x4plus, paired against x4plus."""
+    """No --baselines, no --reference: bicubic, Lanczos, lanczos-projected and Real-ESRGAN x4plus, paired
+    against lanczos-projected (what a network must beat once outputs are projected)."""
     (tmp_path / "data").mkdir()
     PILImage.fromarray(random_image(512, 512, 3, seed=4)).save(tmp_path / "data" / "eye.png")
     assert main(["evaluate", str(tmp_path / "data"), "--protocol", "retina-x2", "--precision", "fp32",
                  "--figures", "0", "-o", str(tmp_path / "report")]) == 0
     document = summary_of(tmp_path / "report")
-    assert list(document["summary"]) == ["bicubic", "lanczos", "realesrgan-x4plus"]
-    assert document["settings"]["reference"] == "realesrgan-x4plus"
+    assert list(document["summary"]) == ["bicubic", "lanczos", "lanczos-projected", "realesrgan-x4plus"]
+    assert document["settings"]["reference"] == "lanczos-projected"
     assert "vs_reference" in document["statistics"]["bicubic"]["psnr"]
-    assert "paired against realesrgan-x4plus" in capsys.readouterr().out
+    assert "paired against lanczos-projected" in capsys.readouterr().out
 
 
 def test_upscale_tile_and_fidelity_options(tmp_path, tiny_pair):

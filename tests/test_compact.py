@@ -138,7 +138,7 @@ def _volume(path, shape=(64, 64, 12), seed=0):
 def test_contract_training_validates_and_resumes_exactly(tmp_path):
     train = str(_volume(tmp_path / "a.nii.gz"))
     config = contract.ContractConfig(train=(f"{train}:0-8",), val=(f"{train}:9-11",), preset="tiny", gt_size=32,
-                                     batch_size=4, iterations=6, val_every=3, save_every=3, lr=1e-3)
+                                     margin=4, batch_size=4, iterations=6, val_every=3, save_every=3, lr=1e-3)
     whole = contract.train(config, tmp_path / "whole")
     assert [h["iteration"] for h in whole.history] == [3, 6]
     assert {"model", "lanczos-projected"} <= set(whole.history[-1])

@@ -80,8 +80,11 @@ def test_non_floating_weights_are_refused_naming_the_file(tmp_path):
         medsr.load_model(tmp_path / "ints.safetensors")
 
 
-@pytest.mark.parametrize("text, message", [("run:\n  iterations: " + "9" * 400 + "\n", "run: iterations 999999999999...(400 digits)"),
-                                           ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")])
+HUGE = ("run:\n  iterations: " + "9" * 400 + "\n", "run: iterations 999999999999...(400 digits)")
+DEEP = ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")
+
+
+@pytest.mark.parametrize("text, message", [HUGE, DEEP])
 def test_hostile_yaml_configs_are_refused_with_status_2(tmp_path, capsys, text, message):
     config = tmp_path / "c.yaml"
     config.write_text(text)
