@@ -14,7 +14,6 @@ import threading
 
 from medsr.cli import evaluation, models, training, upscale, web
 from medsr.cli.common import error as _error
-from medsr.engine.devices import leave_process_group
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,5 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted")
         return 130
     finally:
-        leave_process_group()
+        if "torch.distributed" in sys.modules:  # a command that never imported PyTorch joined no group
+            from medsr.engine.devices import leave_process_group
+
+            leave_process_group()
 

@@ -6,11 +6,8 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
-
 from medsr.cli.common import error as _error
 from medsr.cli.common import ranks_and_device
-from medsr.engine.infer import pick_precision, precision_name
 
 
 def parse_region(text: str | None, size: int) -> tuple[int, int, int, int] | None:
@@ -28,7 +25,10 @@ def parse_region(text: str | None, size: int) -> tuple[int, int, int, int] | Non
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from medsr.core.version import __version__
+    from medsr.engine.infer import pick_precision, precision_name
     from medsr.evaluation import evaluate as ev
     from medsr.evaluation import stats
     from medsr.evaluation.report import markdown_table, paired_table, paper_comparison, write_outputs, write_report

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from medsr.cli.common import error as _error
-from medsr.models import ncnn, weights
-from medsr.nets.rrdbnet import RRDBNet
 
 
 def run_weights(args: argparse.Namespace) -> int:
+    from medsr.models import ncnn, weights
+    from medsr.nets.rrdbnet import RRDBNet
+
     if args.action == "manifest":
         import json
 

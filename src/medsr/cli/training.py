@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
 from medsr.cli.common import error as _error
-from medsr.core.files import write_atomic
-from medsr.formats.io import ImageError, read_image
-from medsr.models import weights
-from medsr.training.config import PRESETS
 
 
 def run_degrade_preview(args: argparse.Namespace) -> int:
+    from medsr.core.files import write_atomic
     from medsr.evaluation.figures import degradation_sheet
+    from medsr.formats.io import ImageError, read_image
 
     if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"{args.output}: write the sheet as .png or .jpg")
@@ -39,6 +35,8 @@ def run_degrade_preview(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from medsr.formats.io import ImageError
+    from medsr.models import weights
     from medsr.training import config as cfg
     from medsr.training.train import config_of, finetune
 
@@ -72,6 +70,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medsr.formats.io import ImageError
     from medsr.training.data import prepare_crops, prepare_multiscale
 
     if args.kind == "multiscale":
@@ -89,6 +90,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from medsr.training.presets import PRESETS
+
     dp = sub.add_parser("degrade-preview", help="sheet of synthetic LR samples from the training degradation")
     dp.add_argument("image", type=Path, metavar="IMAGE", help="a high-resolution image")
     dp.add_argument("-o", "--output", type=Path, required=True, help="sheet file (.png or .jpg)")

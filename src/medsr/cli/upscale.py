@@ -7,18 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
 from medsr.cli.common import error as _error
 from medsr.cli.common import ranks_and_device
-from medsr.core.consistency import Consistency
-from medsr.core.image import DEFAULT_MAX_PIXELS, ReadOptions, check_value_range
-from medsr.engine import batch
-from medsr.engine.infer import pick_precision
-from medsr.engine.upscale import DEFAULT_MODEL, check_outscale
-from medsr.formats import dicom, volume
-from medsr.formats.io import ImageError, is_nifti, read_frames, reader_for
-from medsr.models import weights
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
               "smallest of 8/10/12/14/16 bits that holds the data), full (the file type's range) or LO,HI "
@@ -26,6 +16,16 @@ RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: aut
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medsr.core.consistency import Consistency
+    from medsr.core.image import ReadOptions
+    from medsr.engine import batch
+    from medsr.engine.infer import pick_precision
+    from medsr.engine.upscale import check_outscale
+    from medsr.formats import dicom
+    from medsr.models import weights
+
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
@@ -122,6 +122,8 @@ def _merged(dist, used: Counter, paths: Counter, failed: int, scores: list[str],
 
 def parse_range(text: str) -> str | tuple[float, float]:
     """``auto``, ``full`` or ``LO,HI`` from the command line -> ReadOptions.value_range."""
+    from medsr.core.image import check_value_range
+
     if text in ("auto", "full"):
         return text
     try:
@@ -133,6 +135,11 @@ def parse_range(text: str) -> str | tuple[float, float]:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from medsr.core.image import ReadOptions
+    from medsr.engine import batch
+    from medsr.formats import dicom, volume
+    from medsr.formats.io import ImageError, is_nifti, read_frames, reader_for
+
     failed = 0
     for path in args.files:
         try:
@@ -160,7 +167,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 
+# ``medsr.engine.upscale.DEFAULT_MODEL``, written here so that building the parser imports no PyTorch
+# (tests/test_startup.py holds the two equal)
+DEFAULT_MODEL = "auto"
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from medsr.core.image import DEFAULT_MAX_PIXELS
+
     up = sub.add_parser("upscale", help="upscale image files or folders")
     up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     up.add_argument("-o", "--output", type=Path, required=True, help="output folder, or file for one input")
