@@ -28,6 +28,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medsr.core.version import __version__
+    from medsr.engine.devices import fit_threads
     from medsr.engine.infer import pick_precision, precision_name
     from medsr.evaluation import evaluate as ev
     from medsr.evaluation import stats
@@ -35,6 +36,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.overwrite:
         raise ValueError(f"{args.output}: already exists (use --overwrite to replace its files)")
+    fit_threads(args.threads)
     if args.degradation == "box" and args.blur_sigma is not None:
         raise ValueError("--blur-sigma applies to the paper's degradation; --degradation box has no blur")
     protocol = ev.with_blur(ev.with_degradation(ev.PROTOCOLS[args.protocol], args.degradation), args.blur_sigma)
@@ -159,6 +161,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                          "for medsr view and medsr study build --report")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
     ev.add_argument("--tile", type=int, default=None, help="LR tile side (default: auto)")
+    ev.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="CPU compute threads (default: the CPUs this process may use: its affinity and its "
+                         "cgroup's CPU quota, unless OMP_NUM_THREADS says)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="network precision (default: auto, as for upscale)")

@@ -21,12 +21,14 @@ def run_upscale(args: argparse.Namespace) -> int:
     from medsr.core.consistency import Consistency
     from medsr.core.image import ReadOptions
     from medsr.engine import batch
+    from medsr.engine.devices import fit_threads
     from medsr.engine.infer import pick_precision
     from medsr.engine.upscale import check_outscale
     from medsr.formats import dicom
     from medsr.models import weights
 
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
+    fit_threads(args.threads)
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None:
@@ -192,6 +194,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="upscale only share K (0-based) of N of the files; auto: this Slurm array task's "
                          "share (default: torchrun's rank under torchrun, else all)")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
+    up.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="CPU compute threads (default: the CPUs this process may use: its affinity and its "
+                         "cgroup's CPU quota, unless OMP_NUM_THREADS says)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="network precision (default: auto = bf16 on a CPU with native bf16, else fp32 on CPU; "

@@ -3,6 +3,7 @@ group that torchrun starts (one place for each, used by inference, training and 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -98,6 +99,77 @@ def _room_in(group: Path, limit_name: str, usage_name: str, cache_names: tuple[s
     except (OSError, ValueError):
         return None
     return max(int(limit) - usage + cache, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may compute on: its affinity (taskset, a SLURM allocation), bounded by
+    its cgroup's CPU quota (a container's ``--cpus``), rounded up; at least 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time per period that this process's cgroup (or an ancestor) allows; None
+    without a quota. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"); v1: ``cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us`` (-1 for none)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        v2 = controllers == ""
+        if not v2 and "cpu" not in controllers.split(","):
+            continue
+        base = CGROUP_ROOT if v2 else CGROUP_ROOT / "cpu"
+        folder = base / path.lstrip("/")
+        for group in (folder, *folder.parents):
+            quotas.append(_quota_in(group, v2))
+            if group == base:
+                break
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _quota_in(group: Path, v2: bool) -> float | None:
+    try:
+        if v2:
+            quota, period = (group / "cpu.max").read_text().split()
+            return None if quota == "max" else int(quota) / int(period)
+        quota_us = int((group / "cpu.cfs_quota_us").read_text())
+        return None if quota_us < 0 else quota_us / int((group / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def fit_threads(threads: int | None = None) -> int:
+    """Set PyTorch's compute threads: ``threads``, or where none is given (and neither
+    ``OMP_NUM_THREADS`` nor ``MKL_NUM_THREADS`` says), no more than ``usable_cpus()``. PyTorch's
+    own default counts the host's cores, which in a container or a SLURM share oversubscribes the
+    CPUs and makes every barrier wait for a descheduled thread. Returns the number in use."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads {threads!r}: a whole number of at least 1")
+        torch.set_num_threads(threads)
+    elif not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cpus()))
+    return torch.get_num_threads()
 
 
 # ---------------------------------------------------------------------------------------------
