@@ -29,6 +29,8 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
     fit_threads(args.threads)
+    if not args.through_plane and (args.spacing is not None or args.slice_thickness is not None):
+        raise ValueError("--spacing and --slice-thickness apply to --through-plane")
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile {args.tile}: must be 0 (no tiling) or a positive size")
     if args.outscale is not None:
@@ -52,7 +54,8 @@ def run_upscale(args: argparse.Namespace) -> int:
                                   precision=args.precision, options=options, overwrite=args.overwrite,
                                   progress=progress, fidelity=args.fidelity, maps=args.detail_map,
                                   consistency=args.consistency == "on", allow_inconsistent=args.allow_inconsistent,
-                                  axis=args.axis)
+                                  axis=args.axis, through_plane=args.through_plane, spacing=args.spacing,
+                                  slice_thickness=args.slice_thickness)
     used: Counter[str] = Counter()  # "model x4 fp32": files
     paths: Counter[str] = Counter()  # how values and channels were taken, and why each model, for the summary
     scores: list[str] = []
@@ -211,6 +214,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--axis", type=int, default=None, choices=[0, 1, 2],
                     help="NIfTI volumes: the slice axis (0, 1, 2 = i, j, k); default: the one with the largest "
                          "voxel spacing (an isotropic volume needs the choice)")
+    up.add_argument("--through-plane", action="store_true",
+                    help="NIfTI volumes: make the slices thinner instead of upscaling in-plane: the slice axis "
+                         "resampled to --spacing (default: the in-plane spacing, rounded to a whole factor) or by "
+                         "--outscale; each input slice stays the mean of the output slices it covers")
+    up.add_argument("--spacing", type=float, default=None, metavar="MM",
+                    help="--through-plane: the slice spacing to reach, in mm (default: the in-plane spacing)")
+    up.add_argument("--slice-thickness", type=float, default=None, metavar="MM",
+                    help="--through-plane: the input's slice thickness in mm, checked against its spacing (slices "
+                         "with gaps are not supported yet)")
     up.add_argument("--consistency", default="on", choices=["on", "off"],
                     help="on (default): correct the output so that it averages back to the input and stays in its "
                          "range; off: the raw network (still measured)")

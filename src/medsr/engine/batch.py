@@ -204,6 +204,9 @@ def upscale_files(
     consistency: bool = True,
     allow_inconsistent: bool = False,
     axis: int | None = None,
+    through_plane: bool = False,
+    spacing: float | None = None,
+    slice_thickness: float | None = None,
 ) -> Iterator[FileResult]:
     """Upscale every pair of ``plan``, yielding one ``FileResult`` per file (problems first).
 
@@ -216,7 +219,9 @@ def upscale_files(
     ``allow_inconsistent`` are ``medsr.upscale``'s; a stack, and a DICOM series (the files of one
     SeriesInstanceUID in the plan), has one value range for all its frames, and an output beyond the
     tolerance is an error for its file, with nothing written. NIfTI volumes are upscaled in-plane
-    across ``axis`` (default: the largest spacing; see ``medsr.volume``) and written as NIfTI.
+    across ``axis`` (default: the largest spacing; see ``medsr.volume``) and written as NIfTI; with
+    ``through_plane`` their slices are made thinner instead (``spacing``, ``slice_thickness``: see
+    ``medsr.upscale``), and other files are refused.
 
     Raises:
         WeightsError: the model cannot be loaded (the whole batch would fail).
@@ -234,11 +239,16 @@ def upscale_files(
         if target.exists() and not overwrite:
             yield FileResult(source=source, error=f"{target}: already exists (kept; the overwrite option replaces it)")
             continue
+        if through_plane and not is_nifti(source):
+            yield FileResult(source=source, error=f"{source}: through-plane super-resolution takes NIfTI volumes "
+                                                   "(DICOM series are not supported yet)")
+            continue
         if is_nifti(source):
             if options.window is not None:
                 yield FileResult(source=source, error=f"{source}: a window applies to DICOM files only")
                 continue
-            yield _volume_file(source, target, model, fidelity, axis, overwrite, progress, settings)
+            extra = dict(through_plane=True, spacing=spacing, slice_thickness=slice_thickness) if through_plane else {}
+            yield _volume_file(source, target, model, fidelity, axis, overwrite, progress, settings | extra)
             continue
         try:
             if options.window is not None and reader_for(source) is not dicom.read_dicom:
@@ -329,7 +339,10 @@ def _volume_file(source: Path, target: Path, model, fidelity: float | None, axis
         return _failed(source, target, exc)
     ran_in = infer.precision_name(infer.pick_precision(settings["precision"], pick_device(settings["device"]),
                                                        chosen))
-    return FileResult(source=source, target=target, model=chosen.name, scale=settings["outscale"] or chosen.scale,
+    scale = settings["outscale"] or chosen.scale
+    if settings.get("through_plane"):  # the factor across the slices (in-plane is unchanged)
+        scale = out.data.size / volume.data.size
+    return FileResult(source=source, target=target, model=chosen.name, scale=scale,
                       precision=ran_in, why=why,
                       values=f"volume {volume.data.dtype} {volume.orientation}, values "
                              "{:g}..{:g} (the volume's min..max)".format(*volume.value_range),

@@ -18,6 +18,7 @@ from medsr.core.image import ImageError, OutputError, ReadOptions
 from medsr.core.resize import resize_lanczos
 from medsr.engine import devices, infer
 from medsr.engine.infer import upscale_tensor
+from medsr.engine.through_plane import check_through_plane, through_plane_factor, upscale_through_plane
 from medsr.formats.io import Image, read_image
 from medsr.formats.volume import Volume, is_nifti, read_volume, upscale_volume
 from medsr.models.interpolation import interpolation_model
@@ -112,6 +113,9 @@ def upscale(
     tolerance: Tolerance = DEFAULT_TOLERANCE,
     stack_range: tuple[float, float] | None = None,
     axis: int | None = None,
+    through_plane: bool = False,
+    spacing: float | None = None,
+    slice_thickness: float | None = None,
 ) -> Image | np.ndarray | Volume:
     """Super-resolve an image, keeping its values: the output averages back to the input.
 
@@ -147,6 +151,10 @@ def upscale(
         axis: for a volume (a ``medsr.Volume`` or a NIfTI path), the slice axis (0, 1, 2); the
             default is the one with the largest voxel spacing. Volumes are upscaled in-plane, slice
             by slice, with the volume's min..max as the one range of every slice.
+        through_plane: for a volume, make its slices thinner instead (``medsr.engine.through_plane``):
+            the slice axis resampled by ``outscale`` (an integer), or to ``spacing`` mm (default: the
+            in-plane spacing, rounded to an integer factor); in-plane left as it is.
+            ``slice_thickness`` (mm) must equal the spacing (slices without gaps).
 
     Raises:
         OutputError: the network's output is non-finite or constant where the input is not;
@@ -165,6 +173,13 @@ def upscale(
         image = read_volume(image)
     options: dict[str, Any] = dict(outscale=outscale, tile=tile, device=device, precision=precision,
                                    consistency=consistency, allow_inconsistent=allow_inconsistent, tolerance=tolerance)
+    if through_plane:
+        if not isinstance(image, Volume):
+            raise ValueError("through_plane takes a volume (a medsr.Volume or a NIfTI file)")
+        return _through_plane(image, model=model, fidelity=fidelity, axis=axis, spacing=spacing,
+                              slice_thickness=slice_thickness, progress=progress, options=options)
+    if spacing is not None or slice_thickness is not None:
+        raise ValueError("spacing and slice_thickness apply to through-plane super-resolution (through_plane=True)")
     if isinstance(image, Volume):
         return _upscale_volume(image, model=model, fidelity=fidelity, axis=axis, progress=progress, options=options)
     if isinstance(image, np.ndarray):
@@ -276,6 +291,26 @@ def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int 
     return upscale_volume(volume, lambda image, stack_range: _upscale_image(
         image, model=chosen, fidelity=None, progress=None, stack_range=stack_range, **options), axis=axis,
         progress=progress)
+
+
+def _through_plane(volume: Volume, *, model, fidelity: float | None, axis: int | None, spacing: float | None,
+                   slice_thickness: float | None, progress: Callable[[int, int], None] | None,
+                   options: dict[str, Any]) -> Volume:
+    axis = check_through_plane(volume, axis, slice_thickness)
+    outscale = options["outscale"]
+    if outscale is not None:
+        if spacing is not None:
+            raise ValueError("give outscale or spacing for through-plane super-resolution, not both")
+        if outscale != int(outscale) or outscale < 2:
+            raise ValueError(f"outscale {outscale:g}: through-plane super-resolution takes a whole factor of at "
+                             "least 2")
+    factor = int(outscale) if outscale is not None else through_plane_factor(volume, axis, spacing=spacing)
+    chosen, why = volume_model(model, fidelity, volume)
+    said = "" if isinstance(model, SRModel | torch.nn.Module) else f" ({why})"  # chosen here: say why
+    log.info("%s: x%d across the slices (axis %d, %.3g mm -> %.3g mm), model %s%s", volume.source, factor, axis,
+             volume.spacing[axis], volume.spacing[axis] / factor, chosen.name, said)
+    return upscale_through_plane(volume, chosen, factor=factor, axis=axis, tile=options["tile"],
+                                 device=options["device"], precision=options["precision"], progress=progress)
 
 
 def _warn_out_of_domain(model: SRModel, image: Image) -> None:
