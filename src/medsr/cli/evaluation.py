@@ -156,8 +156,13 @@ def run_volume_z(args: argparse.Namespace) -> int:
         return out
 
     failed: list[str] = []
+
+    def report(message: str) -> None:
+        failed.append(message)
+        _error(message)
+
     results = volume_z.evaluate_volume_z(paths, methods, factor=args.factor, run_model=run_model, axis=args.axis,
-                                         on_error=lambda message: (failed.append(message), _error(message)))
+                                         on_error=report)
     if not results:
         raise ValueError("no volume could be evaluated")
     print(f"volume-z x{args.factor}: {len(results)} volume(s); PSNR (dB) over each volume's 0.5..99.5th percentile "
