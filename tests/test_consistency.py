@@ -6,7 +6,6 @@ measurement independently. Tolerances are the README's: |mean shift| <= 0.1% of 
 span, mean abs error <= 1%, at most 0.1% of output pixels beyond the input's range by more than 2%.
 """
 
-import logging
 import re
 
 import numpy as np
@@ -317,42 +316,46 @@ def test_the_network_sees_the_images_own_range():
     assert seen == [(0.0, 1.0)]
 
 
-@pytest.mark.parametrize("modality, expected", [("CR", "cxr"), ("DX", "cxr"), ("MG", "cxr"), ("CT", "ct-fidelity"),
-                                               ("MR", "cxr")])
-def test_auto_chooses_by_dicom_modality_and_says_why(tmp_path, modality, expected):
+@pytest.mark.parametrize("modality, kind", [("CR", "chest-xray"), ("DX", "chest-xray"), ("MG", "chest-xray"),
+                                           ("CT", "ct"), ("MR", "mr"), ("PT", "chest-xray")])
+def test_auto_chooses_by_dicom_modality_and_says_why(tmp_path, modality, kind):
+    from medsr.models.catalog import AUTO
+
     make_dicom(tmp_path / "a.dcm", _gray12(), photometric="MONOCHROME2", Modality=modality)
-    name, fidelity, why = model_for(read_image(tmp_path / "a.dcm"))
-    assert name == expected and f"DICOM Modality {modality}" in why
-    if modality == "MR":
-        assert fidelity == 1 and "no model is trained on" in why
+    image = read_image(tmp_path / "a.dcm")
+    name, fidelity, why = model_for(image)
+    assert (name, fidelity) == (AUTO[kind].model, None)
+    assert f"DICOM Modality {modality}" in why and AUTO[kind].why in why
+    if modality == "PT":
+        assert "which no model is trained on" in why
+    if kind == "chest-xray":  # with a fidelity, auto is the dial: the modality's two models blended
+        assert model_for(image, "auto", 0.5)[:2] == ("cxr", 0.5)
+    else:
+        with pytest.raises(ValueError, match="fidelity applies to chest X-rays and fundus photographs"):
+            model_for(image, "auto", 0.5)
 
 
-def test_auto_takes_the_ct_model_for_a_volume_in_hounsfield_units():
+def test_auto_for_a_volume_tells_ct_in_hounsfield_units_from_mr():
     from medsr.engine.upscale import volume_model
     from medsr.formats.volume import Volume
+    from medsr.models.catalog import AUTO
 
     ct = Volume(data=np.full((8, 8, 2), -1000, np.int16), affine=np.eye(4))
     ct.data[2:6, 2:6] = 40  # soft tissue in air
     mr = Volume(data=np.abs(ct.data), affine=np.eye(4))
-    assert volume_model("auto", volume=ct)[0].name == "ct-fidelity"
+    chosen, why = volume_model("auto", volume=ct)
+    assert chosen.name == AUTO["ct"].model and "CT in HU" in why
     chosen, why = volume_model("auto", volume=mr)
-    assert chosen.name == "cxr-fidelity" and "no MR model" in why
+    assert chosen.name == AUTO["mr"].model and "MR" in why
 
 
-def test_auto_chooses_the_retina_model_for_ophthalmic_photographs(tmp_path):
+def test_auto_takes_ophthalmic_photographs_as_fundus(tmp_path):
+    from medsr.models.catalog import AUTO
+
     make_dicom(tmp_path / "op.dcm", random_image(32, 40, 3), photometric="RGB", bits_stored=8, Modality="OP")
-    assert model_for(read_image(tmp_path / "op.dcm"))[0] == "retina"
-
-
-def test_an_out_of_domain_choice_runs_with_one_warning(tmp_path, caplog, tiny_pair):
-    make_dicom(tmp_path / "ct.dcm", _gray12(), photometric="MONOCHROME2", Modality="CT")
-    make_dicom(tmp_path / "ct2.dcm", _gray12(1), photometric="MONOCHROME2", Modality="CT")
-    plan = medsr.plan_outputs([tmp_path / "ct.dcm", tmp_path / "ct2.dcm"], tmp_path / "out")
-    with caplog.at_level(logging.WARNING, logger="medsr"):
-        results = list(medsr.upscale_files(plan, model="retina-fidelity"))
-    assert all(r.ok for r in results)
-    warnings = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
-    assert len(warnings) == 1 and "DICOM Modality CT, gray, 16-bit" in warnings[0]
+    image = read_image(tmp_path / "op.dcm")
+    assert model_for(image)[0] == AUTO["fundus"].model
+    assert model_for(image, "auto", 0.25)[:2] == ("retina", 0.25)
 
 
 def test_known_models_declare_their_domain():

@@ -69,7 +69,9 @@ def test_info_says_what_upscale_would_do_with_a_dicom_file(tmp_path, capsys):
     assert main(["info", ct]) == 0
     out = capsys.readouterr().out
     assert "stored values:       128..2191" in out  # pydicom's CT_small: stored 128..2191 (issue 28)
-    assert "model (auto):        ct-fidelity (auto: DICOM Modality CT)" in out
+    from medsr.models.catalog import AUTO
+
+    assert f"model (auto):        {AUTO['ct'].model} (auto: DICOM Modality CT; {AUTO['ct'].why})" in out
     assert main(["info", rgb32]) == 1
     assert "32 bits allocated per sample is not supported" in capsys.readouterr().err
 

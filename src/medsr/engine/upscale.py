@@ -21,6 +21,7 @@ from medsr.engine.infer import upscale_tensor
 from medsr.engine.through_plane import check_through_plane, through_plane_factor, upscale_through_plane
 from medsr.formats.io import Image, read_image
 from medsr.formats.volume import Volume, is_nifti, read_volume, upscale_volume
+from medsr.models.catalog import AUTO, DIAL_MODELS
 from medsr.models.interpolation import interpolation_model
 from medsr.models.model import SRModel, as_model
 from medsr.models.weights import load_model
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "auto"
 
 
-DEFAULT_FIDELITY: float | None = 1.0  # "auto" without a fidelity: the fidelity model (docs/models/*-fidelity.md)
 
 
 # DICOM Modality codes and the medical model for them under "auto"
@@ -41,26 +41,33 @@ FUNDUS_MODALITIES = ("OP", "XC")  # ophthalmic and external-camera photography
 
 def model_for(image: Image, model: str | Path = DEFAULT_MODEL, fidelity: float | None = None
               ) -> tuple[str | Path, float | None, str]:
-    """(model, fidelity, why) to load: ``model`` itself, or for "auto" the medical model for the
-    image: by its DICOM Modality where it has one (CR/DX/MG: ``cxr``; OP/XC: ``retina``; CT:
-    ``ct-fidelity``; others, MR among them, have no model of their own yet: the gray or colour one,
-    at fidelity 1),
-    else ``cxr`` for gray images and ``retina`` for colour; at ``fidelity``, by default
-    ``DEFAULT_FIDELITY``."""
+    """(model, fidelity, why) to load: ``model`` itself, or for "auto" what ``catalog.AUTO`` holds for
+    the kind of image (by its DICOM Modality where it has one: CR/DX/MG chest X-rays, OP/XC fundus
+    photographs, CT, MR; else gray images as chest X-rays and colour ones as fundus photographs).
+    With a ``fidelity``, "auto" blends the kind's two models instead (the fidelity dial)."""
     if str(model) != "auto":
         return model, fidelity, "as asked"
-    kind = "cxr" if image.is_gray else "retina"
-    fidelity = DEFAULT_FIDELITY if fidelity is None else fidelity
+    kind, seen = _kind_of(image)
+    if fidelity is not None and kind in DIAL_MODELS:
+        return DIAL_MODELS[kind], fidelity, f"auto: {seen}, at fidelity {fidelity:g}"
+    if fidelity is not None:
+        raise ValueError(f"fidelity applies to chest X-rays and fundus photographs; this image is {seen}")
+    choice = AUTO[kind]
+    return choice.model, None, f"auto: {seen}; {choice.why}"
+
+
+def _kind_of(image: Image) -> tuple[str, str]:
+    """The kind of image for ``catalog.AUTO``, and what told it, in words."""
+    colour = "chest-xray" if image.is_gray else "fundus"
     if image.modality in CHEST_XRAY_MODALITIES:
-        return "cxr", fidelity, f"auto: DICOM Modality {image.modality}"
+        return "chest-xray", f"DICOM Modality {image.modality}"
     if image.modality in FUNDUS_MODALITIES:
-        return "retina", fidelity, f"auto: DICOM Modality {image.modality}"
-    if image.modality == "CT" and image.is_gray:
-        return "ct-fidelity", None, "auto: DICOM Modality CT"
+        return "fundus", f"DICOM Modality {image.modality}"
+    if image.modality in ("CT", "MR") and image.is_gray:
+        return image.modality.lower(), f"DICOM Modality {image.modality}"
     if image.modality is not None:
-        return kind, fidelity, (f"auto: no model is trained on DICOM Modality {image.modality}; the "
-                           f"{'gray' if image.is_gray else 'colour'} fidelity model, with the consistency projection")
-    return kind, fidelity, f"auto: a {'gray' if image.is_gray else 'colour'} image"
+        return colour, f"DICOM Modality {image.modality}, which no model is trained on; taken as {colour}"
+    return colour, f"a {'gray' if image.is_gray else 'colour'} image"
 
 
 MAX_OUTSCALE = 16
@@ -271,16 +278,17 @@ HOUNSFIELD_AIR = -500  # a volume with values below this is taken for CT in HU (
 
 def volume_model(model: str | Path | SRModel | RRDBNet = DEFAULT_MODEL, fidelity: float | None = None,
                  volume: Volume | None = None) -> tuple[SRModel, str]:
-    """The model for a volume, and why: ``model`` itself, or for "auto" ``ct-fidelity`` when the
-    volume's values reach below -500 (CT in HU: air is -1000), else the gray fidelity model (no MR
-    model is shipped yet)."""
+    """The model for a volume, and why: ``model`` itself, or for "auto" ``catalog.AUTO``'s choice for
+    CT when the volume's values reach below -500 (HU: air is -1000), else for MR."""
     if isinstance(model, SRModel | torch.nn.Module):
         return as_model(model), "as asked"
     if str(model) != "auto":
         return load_model(model, fidelity=fidelity), "as asked"
     if volume is not None and volume.value_range[0] < HOUNSFIELD_AIR:
-        return load_model("ct-fidelity"), f"auto: a volume with values below {HOUNSFIELD_AIR} (CT in HU)"
-    return load_model("cxr", fidelity=1.0), "auto: a volume; no MR model is shipped yet: the gray fidelity one"
+        choice, seen = AUTO["ct"], f"a volume with values below {HOUNSFIELD_AIR} (CT in HU)"
+    else:
+        choice, seen = AUTO["mr"], "a volume without values below -500 (MR, or CT not in HU)"
+    return load_model(choice.model), f"auto: {seen}; {choice.why}"
 
 
 def _upscale_volume(volume: Volume, *, model, fidelity: float | None, axis: int | None,

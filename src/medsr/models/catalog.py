@@ -93,3 +93,23 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         domain=CT,
     ),
 }
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``--model auto`` takes for one kind of image, and the measurement behind it."""
+
+    model: str
+    why: str
+
+
+# Chosen by validation against lanczos-projected (interpolation followed by the same projection every
+# output gets): a kind whose model does not beat it gets it (docs/MODELS.md, "What auto takes").
+AUTO: dict[str, AutoChoice] = {
+    "chest-xray": AutoChoice("lanczos-projected", "cxr-fidelity is no better than lanczos-projected on validation"),
+    "fundus": AutoChoice("lanczos-projected", "retina-fidelity is no better than lanczos-projected on validation"),
+    "ct": AutoChoice("lanczos-projected", "no CT model beats lanczos-projected on validation yet"),
+    "mr": AutoChoice("lanczos-projected", "no MR model beats lanczos-projected on validation yet"),
+}
+# The two models of a modality that the fidelity dial blends (``--fidelity`` with ``--model auto``)
+DIAL_MODELS = {"chest-xray": "cxr", "fundus": "retina"}

@@ -35,9 +35,10 @@ class Interpolation(nn.Module):
         return torch.stack(out).to(device=x.device, dtype=x.dtype)
 
 
-def interpolation_model(name: str, *, scale: int = 2) -> SRModel:
-    """``lanczos-projected`` or ``bicubic-projected`` at ``scale`` (the projection is the engine's,
-    applied to every model's output). Three channels: a gray image is replicated and averaged back,
+def interpolation_model(name: str, *, scale: int = 4) -> SRModel:
+    """``lanczos-projected`` or ``bicubic-projected`` at ``scale`` (by default x4, as the x4plus models:
+    ``upscale`` runs it at any whole ``outscale`` itself). The projection is the engine's,
+    applied to every model's output. Three channels: a gray image is replicated and averaged back,
     which for a per-channel interpolation gives the gray result exactly."""
     if name not in INTERPOLATIONS:
         raise ValueError(f"{name!r}: not an interpolation ({', '.join(INTERPOLATIONS)})")

@@ -195,8 +195,11 @@ def dial(source: Image, fidelity: float, region: tuple[int, int, int, int], *, d
         raise ValueError(f"region {x},{y},{w},{h} lies outside the {width}x{height} image")
     w, h = min(w, DIAL_CROP, width - x), min(h, DIAL_CROP, height - y)
     crop = Image(pixels=np.ascontiguousarray(source.pixels[:, y : y + h, x : x + w]))
-    name, _, _ = model_for(source)
-    model = load_model(name, fidelity=fidelity) if name in ("retina", "cxr") else load_model(name)
+    try:
+        name, blend, _ = model_for(source, "auto", fidelity)  # chest X-rays and fundus: the two models blended
+    except ValueError:  # a kind without a dial: what auto takes for it
+        name, blend, _ = model_for(source)
+    model = load_model(name, fidelity=blend)
     try:
         out = upscale(crop, model=model, outscale=4, device=device)
     except ImageError as exc:
