@@ -28,8 +28,8 @@ INPUTS = {  # name: (source, crop box in the source's pixels, downscale first)
 NCNN = """
 import sys, numpy as np, ncnn
 from PIL import Image
-from medsr.models import ncnn, weights
-param, bin_ = ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
+from medsr.models import ncnn as medsr_ncnn, weights  # not the name of the runtime's module
+param, bin_ = medsr_ncnn.ncnn_files(weights.KNOWN_MODELS["realesrgan-x4plus"])
 net = ncnn.Net(); net.opt.use_vulkan_compute = False; net.opt.num_threads = int(sys.argv[3])
 net.load_param(str(param)); net.load_model(str(bin_))
 lq = np.asarray(Image.open(sys.argv[1]).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
