@@ -149,3 +149,26 @@ def test_a_volume_run_under_auto_says_why_once_and_never_as_asked(tmp_path, caps
     out = capsys.readouterr().out
     assert "as asked" not in out
     assert "auto: a volume with values below -500 (CT in HU)" in out
+
+
+def test_a_12_bit_dicom_written_as_png_keeps_its_stored_values(tmp_path):
+    import medsr
+    from tests.test_dicom import make_dicom
+
+    stored = (np.random.default_rng(0).random((16, 16)) * 4095).astype(np.uint16)
+    make_dicom(tmp_path / "c.dcm", stored, photometric="MONOCHROME2", bits_stored=12)
+    medsr.write_image(tmp_path / "c.png", medsr.read_image(tmp_path / "c.dcm"))
+    with PILImage.open(tmp_path / "c.png") as im:
+        assert np.array_equal(np.asarray(im), stored)  # 0..4095, not scaled to 65535
+    assert medsr.read_image(tmp_path / "c.png").max_value == 4095
+
+
+def test_a_pgm_with_maxval_4095_is_written_back_with_4095(tmp_path):
+    import medsr
+
+    stored = (np.random.default_rng(0).random((8, 8)) * 4095).astype(">u2")
+    (tmp_path / "p.pgm").write_bytes(b"P5\n8 8\n4095\n" + stored.tobytes())
+    medsr.write_image(tmp_path / "q.pgm", medsr.read_image(tmp_path / "p.pgm"))
+    data = (tmp_path / "q.pgm").read_bytes()
+    assert data.startswith(b"P5\n8 8\n4095\n")
+    assert np.array_equal(np.frombuffer(data[len(b"P5\n8 8\n4095\n"):], ">u2").reshape(8, 8), stored)

@@ -181,12 +181,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from medsr.core.image import DEFAULT_MAX_PIXELS
 
     up = sub.add_parser("upscale", help="upscale image files or folders")
-    up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                    help="image files (PNG, JPEG, TIFF, PGM/PPM, DICOM), NIfTI volumes (.nii, .nii.gz) or folders")
     up.add_argument("-o", "--output", type=Path, required=True, help="output folder, or file for one input")
-    up.add_argument("--outscale", type=float, default=None, help="final scale (default: the model's, 4)")
+    up.add_argument("--outscale", type=float, default=None, help="final scale (default: the model's own)")
     up.add_argument("--model", default=DEFAULT_MODEL,
-                    help="auto (default: cxr for gray images, retina for colour), a known name such as "
-                         "realesrgan-x4plus, or a checkpoint path (RRDBNet; other architectures with medsr[zoo])")
+                    help="auto (default: for each kind of image -- chest X-ray, fundus, CT, MR -- the model that "
+                         "beats lanczos-projected on validation, else lanczos-projected itself; the summary says "
+                         "which and why), a known name such as realesrgan-x4plus or lanczos-projected, or a "
+                         "checkpoint path (RRDBNet, SRVGGNetCompact; other architectures with medsr[zoo])")
     up.add_argument("--fidelity", type=float, default=None, metavar="F",
                     help="medical models: 0 (sharp GAN model) .. 1 (faithful fidelity model), blending their "
                          "weights (default for --model auto: see the README)")

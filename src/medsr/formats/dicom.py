@@ -240,11 +240,15 @@ def read_dicom_frames(path: Path, options: ReadOptions) -> list[Image]:
     if window is not None:
         ends = sorted(float(v) for v in mapping.from_unit(np.array(window)))
         reason += f"; the network sees the window, stored {ends[0]:g}..{ends[1]:g}"
+    # Written to another format, unsigned stored values that the display does not invert keep their
+    # numbers (12-bit 0..4095 stays 0..4095); others fill the container's range.
+    kept = mapping.low == 0 and not mapping.invert and mapping.high >= 1
+    max_value = int(mapping.high) if kept else (255 if bits <= 8 else 65535)
     frames = []
     for frame in stored:
         pixels = mapping.to_unit(frame)
         pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
-        frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=255 if bits <= 8 else 65535,
+        frames.append(Image(pixels=np.ascontiguousarray(pixels), max_value=max_value,
                             levels=mapping.high - mapping.low, window=window, modality=ds.get("Modality") or None,
                             meta=dict(meta), range_reason=reason))
     return frames
