@@ -172,3 +172,20 @@ def test_a_pgm_with_maxval_4095_is_written_back_with_4095(tmp_path):
     data = (tmp_path / "q.pgm").read_bytes()
     assert data.startswith(b"P5\n8 8\n4095\n")
     assert np.array_equal(np.frombuffer(data[len(b"P5\n8 8\n4095\n"):], ">u2").reshape(8, 8), stored)
+
+
+def test_a_checkpoint_whose_optimiser_state_changed_is_refused(tmp_path):
+    """The networks' digest alone let a damaged optimiser state resume and blow the loss up."""
+    from medsr.training import checkpoint
+
+    net = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    checkpoint.save(tmp_path / "c.pt", {"net_g": net.state_dict(), "optim_g": optimizer.state_dict(), "iteration": 1})
+    assert checkpoint.load(tmp_path / "c.pt")["iteration"] == 1
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    raw["optim_g"]["state"][0]["exp_avg_sq"][0, 0] += 1e6  # a flipped high bit, in the moments
+    torch.save(raw, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match=r"d\.pt: the checkpoint is damaged"):
+        checkpoint.load(tmp_path / "d.pt")

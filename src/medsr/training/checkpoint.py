@@ -57,9 +57,28 @@ def tensor_digest(checkpoint: dict) -> str:
     return digest.hexdigest()
 
 
+def all_tensors_digest(value: object, digest: hashlib._Hash | None = None, where: str = "") -> str:
+    """SHA-256 over every tensor a checkpoint holds (networks, optimiser moments, random states),
+    with its place in the nesting, in a fixed order: a damaged optimiser state trains on silently."""
+    top = digest is None
+    digest = hashlib.sha256() if digest is None else digest
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{where}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            if not (top and key in ("digest", "all_digest")):
+                all_tensors_digest(value[key], digest, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            all_tensors_digest(item, digest, f"{where}[{index}]")
+    return digest.hexdigest()
+
+
 def save(path: str | Path, checkpoint: dict) -> None:
-    """Write atomically (see ``write_atomic``), with the digest of its networks' tensors."""
-    checkpoint = {**checkpoint, "digest": tensor_digest(checkpoint)}
+    """Write atomically (see ``write_atomic``), with the digest of its networks' tensors and one of
+    every tensor it holds."""
+    checkpoint = {**checkpoint, "digest": tensor_digest(checkpoint), "all_digest": all_tensors_digest(checkpoint)}
     files.write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
@@ -72,7 +91,9 @@ def load(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a medsr training checkpoint")
-    if "digest" in checkpoint and checkpoint["digest"] != tensor_digest(checkpoint):
-        raise ValueError(f"{path}: the checkpoint is damaged (its weights no longer match the digest written "
+    damaged = ("digest" in checkpoint and checkpoint["digest"] != tensor_digest(checkpoint)) or (
+        "all_digest" in checkpoint and checkpoint["all_digest"] != all_tensors_digest(checkpoint))
+    if damaged:
+        raise ValueError(f"{path}: the checkpoint is damaged (its tensors no longer match the digest written "
                          "with them); use an earlier checkpoint (run.keep_every keeps them)")
     return checkpoint
