@@ -20,7 +20,7 @@ from torch import nn
 
 import medsr
 from medsr.cli import main
-from medsr.core.consistency import ConsistencyError, Tolerance, area_matrix, average_back, enforce, measure
+from medsr.core.consistency import Tolerance, area_matrix, average_back, enforce, measure
 from medsr.engine.upscale import model_for
 from medsr.formats.io import read_image
 from medsr.nets.rrdbnet import rrdbnet
@@ -263,20 +263,21 @@ def test_a_stack_has_one_mapping_and_each_frame_averages_back(tmp_path, any_mode
 # Raw network: measured, refused beyond the tolerance unless asked
 
 
-def test_a_raw_output_beyond_the_tolerance_is_refused_and_nothing_written(tmp_path, capsys):
+def test_a_raw_output_beyond_the_tolerance_is_given_raw_with_a_warning(tmp_path, caplog):
+    """Asked for the raw network (consistency off), medsr gives it, measured, with a warning line
+    (issue 37); projected (the default) an output always keeps the contract."""
     stored = _gray12()
     PILImage.fromarray(stored).save(tmp_path / "in.png")
     model = medsr.SRModel(module=DarkeningNet().eval(), scale=4, name="darkening")
-    with pytest.raises(ConsistencyError, match=r"in\.png: model darkening: the output does not average back.*"
-                                               r"mean shift -\d+\.\d+% \(tolerance 0\.1%\)"):
-        medsr.upscale(read_image(tmp_path / "in.png"), model=model, consistency=False)
-    raw = medsr.upscale(read_image(tmp_path / "in.png"), model=model, consistency=False, allow_inconsistent=True)
+    raw = medsr.upscale(read_image(tmp_path / "in.png"), model=model, consistency=False)
     assert raw.consistency.mean_shift < -5  # the raw network, measured
+    assert any("in.png: model darkening: the raw output does not average back" in r.getMessage() and
+               "mean shift -" in r.getMessage() for r in caplog.records)
     plan = medsr.plan_outputs([tmp_path / "in.png"], tmp_path / "out.png")
     [result] = list(medsr.upscale_files(plan, model=model, consistency=False))
-    assert not result.ok and "does not average back" in result.error and not (tmp_path / "out.png").exists()
-    [result] = list(medsr.upscale_files(plan, model=model, consistency=False, allow_inconsistent=True))
     assert result.ok and result.consistency.mean_shift < -5 and (tmp_path / "out.png").exists()
+    projected = medsr.upscale(read_image(tmp_path / "in.png"), model=model)
+    assert abs(projected.consistency.mean_shift) < 0.1
 
 
 def test_cli_options_and_summary(tmp_path, capsys):
@@ -287,11 +288,9 @@ def test_cli_options_and_summary(tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "on.png")]) == 0
     out = capsys.readouterr().out
     assert "values kept (projected;" in out and re.search(r"worst of 1 file\(s\)\): mean shift [+-]0\.000%", out)
-    assert main([*args, "-o", str(tmp_path / "off.png"), "--consistency", "off"]) == 1  # a random net: refused
-    captured = capsys.readouterr()
-    assert "does not average back to the input" in captured.err and not (tmp_path / "off.png").exists()
-    assert main([*args, "-o", str(tmp_path / "off.png"), "--consistency", "off", "--allow-inconsistent"]) == 0
-    assert "raw network, not projected" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "off.png"), "--consistency", "off"]) == 0  # asked raw: given raw
+    out = capsys.readouterr().out
+    assert "the raw output does not average back to the input" in out and "raw network, not projected" in out
     assert main([*args, "-o", str(tmp_path / "half.png"), "--outscale", "0.5"]) == 2
     assert "below 1 an output cannot average back" in capsys.readouterr().err
     assert main([*args, "-o", str(tmp_path / "half.png"), "--outscale", "0.5", "--consistency", "off"]) == 0
@@ -378,7 +377,7 @@ def test_pydicom_ct_and_mr_with_default_settings(tmp_path, name, capsys):
     assert main(["upscale", path, "-o", str(tmp_path / "out.dcm")]) == 0
     original, out = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "out.dcm")
     assert_within(averaged_back(original.pixel_array, out.pixel_array))
-    expected = "auto: DICOM Modality CT" if name == "CT_small.dcm" else "no model is trained on DICOM Modality MR"
+    expected = "auto: DICOM Modality CT" if name == "CT_small.dcm" else "auto: DICOM Modality MR"
     assert expected in capsys.readouterr().out
 
 

@@ -31,7 +31,11 @@ def test_packaged_models_load_strictly_in_fp16(name):
 def test_auto_picks_the_model_by_image_kind():
     gray = medsr.Image.from_array(random_image(8, 8, 1).squeeze())
     colour = medsr.Image.from_array(random_image(8, 8, 3))
-    assert model_for(gray)[0] == "cxr" and model_for(colour)[0] == "retina"
+    from medsr.models.catalog import AUTO
+
+    assert model_for(gray)[0] == AUTO["chest-xray"].model and model_for(colour)[0] == AUTO["fundus"].model
+    assert "a gray image" in model_for(gray)[2] and "a colour image" in model_for(colour)[2]
+    assert model_for(gray, "auto", 1.0)[:2] == ("cxr", 1.0) and model_for(colour, "auto", 0.0)[:2] == ("retina", 0.0)
     assert model_for(gray, "realesrgan-x4plus") == ("realesrgan-x4plus", None, "as asked")
 
 
@@ -40,7 +44,11 @@ def test_cli_says_which_model_it_used(tmp_path, capsys):
     PILImage.fromarray(random_image(16, 16, 1).squeeze()).save(tmp_path / "gray.png")
     PILImage.fromarray(random_image(16, 16, 3)).save(tmp_path / "colour.png")
     assert main(["upscale", str(tmp_path / "gray.png"), str(tmp_path / "colour.png"), "-o", str(tmp_path / "out")]) == 0
-    assert "with cxr-fidelity x4 fp32 (1), retina-fidelity x4 fp32 (1)" in capsys.readouterr().out  # fidelity 1
+    from medsr.models.catalog import AUTO
+
+    out = capsys.readouterr().out
+    assert f"auto: a gray image; {AUTO['chest-xray'].why}" in out
+    assert f"auto: a colour image; {AUTO['fundus'].why}" in out
     out = medsr.read_image(tmp_path / "out" / "gray.png")
     assert out.is_gray and out.size == (64, 64) and np.ptp(out.pixels) > 0
 

@@ -114,7 +114,7 @@ def test_pixel_limit_in_the_cli(tmp_path, tiny_model, capsys):
 
 def test_output_planning_errors(tmp_path, tiny_model, capsys):
     src = make_folder(tmp_path)
-    assert main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", tiny_model]) == 1
+    assert main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", tiny_model]) == 2  # the arguments
     assert "an output file name needs exactly one input file" in capsys.readouterr().err
     assert main(["upscale", str(src / "a.png"), "-o", str(src / "a.png"), "--model", tiny_model, "--overwrite"]) == 1
     assert "output would replace the input" in capsys.readouterr().err

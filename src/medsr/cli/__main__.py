@@ -2,4 +2,5 @@ import sys
 
 from medsr.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a tool walks the package
+    sys.exit(main())

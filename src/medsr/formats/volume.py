@@ -134,7 +134,7 @@ def _check_gzip(path: Path) -> None:
             while stream.read(1 << 24):
                 pass
     except (OSError, EOFError, zlib.error) as exc:
-        raise ImageError(f"{path}: the gzip data are damaged ({exc})") from None
+        raise ImageError(f"{path}: cannot read as NIfTI: the gzip data are damaged ({exc})") from None
 
 
 def write_volume(path: str | Path, volume: Volume, *, overwrite: bool = False) -> None:

@@ -149,12 +149,14 @@ def fetch(spec: ModelSpec, *, online: bool | None = None, source: str | None = N
     if online is None:
         online = not offline()
     tried = [f"cache: {target} does not exist"]
-    places = [p for p in (source or mirror(), spec.url) if p]
-    for place in places if spec.url else ():
-        remote = "://" in place and not place.startswith("file://")
-        url = place if place == spec.url else f"{place.rstrip('/')}/{_release_name(spec)}"
+    chosen = source or mirror()
+    places = [(chosen, True)] if chosen else []
+    for place, mirrored in [*places, (spec.url, False)] if spec.url else ():
+        assert place is not None
+        remote = "://" in place and not (mirrored and place.startswith("file://"))
+        url = place if not mirrored else f"{place.rstrip('/')}/{_release_name(spec)}"
         try:
-            if not remote:
+            if not remote:  # a mirror folder on this machine
                 return _from_mirror(spec, Path(place.removeprefix("file://")).expanduser(), target)
             if online:
                 return _download_verified(spec, target, url)
