@@ -24,7 +24,7 @@ class _Brighter(torch.nn.Module):
         return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest").mul(0.5).add(0.4)
 
 
-def _brighter_checkpoint(tmp_path):
+def _brighter():
     import medsr
 
     return medsr.SRModel(module=_Brighter(), scale=2, name="brighter", in_channels=1, out_channels=1)
@@ -34,7 +34,7 @@ def test_consistency_off_gives_the_raw_network_with_its_numbers(tmp_path, caplog
     import medsr
 
     source = _png(tmp_path / "a.png")
-    model = _brighter_checkpoint(tmp_path)
+    model = _brighter()
     out = medsr.upscale(source, model=model, consistency=False)  # asked raw: given raw, not refused
     assert out.consistency is not None and out.consistency.mean_abs_error > 1
     assert any("does not average back" in r.getMessage() and "raw" in r.getMessage() for r in caplog.records)
