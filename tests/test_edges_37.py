@@ -189,3 +189,18 @@ def test_a_checkpoint_whose_optimiser_state_changed_is_refused(tmp_path):
     torch.save(raw, tmp_path / "d.pt")
     with pytest.raises(ValueError, match=r"d\.pt: the checkpoint is damaged"):
         checkpoint.load(tmp_path / "d.pt")
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Under nohup or Slurm (no terminal) a volume run says how far it is, per slice, with the rate."""
+    import nibabel
+
+    from medsr.cli import common
+
+    monkeypatch.setattr(common, "PLAIN_EVERY", 0.0)
+    data = np.random.default_rng(0).integers(0, 1000, (12, 12, 3)).astype(np.int16)
+    nibabel.save(nibabel.Nifti1Image(data, np.diag([0.5, 0.5, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    assert main(["upscale", str(tmp_path / "v.nii.gz"), "-o", str(tmp_path / "w.nii.gz"), "--outscale", "2",
+                 "--model", "lanczos-projected"]) == 0
+    out = capsys.readouterr().out
+    assert "v.nii.gz: 1/3 slices, " in out and "v.nii.gz: 3/3 slices, " in out and "s left" in out

@@ -4,6 +4,42 @@ from __future__ import annotations
 
 import sys
 
+PLAIN_EVERY = 30.0  # seconds between progress lines where no terminal shows a bar (nohup, Slurm logs)
+
+
+class Progress:
+    """Progress of the item under way (tiles of an image, slices of a volume): a bar on a terminal,
+    else a plain line at most every ``PLAIN_EVERY`` seconds with the rate and the time left."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.item: object = None
+        self.started = self.said = 0.0
+
+    def __call__(self, item: object, name: str, unit: str, done: int, total: int) -> None:
+        import time
+
+        from tqdm import tqdm
+
+        now = time.monotonic()
+        if item != self.item:
+            self.close()
+            self.item, self.started, self.said = item, now, now
+            if sys.stderr.isatty():
+                self.bar = tqdm(desc=name, total=total, unit=unit, leave=False)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif now - self.said >= PLAIN_EVERY or (done == total and now - self.started >= PLAIN_EVERY):
+            self.said = now
+            rate = done / max(now - self.started, 1e-9)
+            left = (total - done) / rate if rate > 0 else float("inf")
+            print(f"{name}: {done}/{total} {unit}s, {rate:.2f} {unit}s/s, about {left:.0f} s left", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.item = None, None
+
 
 def error(message: str) -> None:
     from tqdm import tqdm

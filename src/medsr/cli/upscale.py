@@ -7,8 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from medsr.cli.common import Progress, ranks_and_device
 from medsr.cli.common import error as _error
-from medsr.cli.common import ranks_and_device
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
               "smallest of 8/10/12/14/16 bits that holds the data), full (the file type's range) or LO,HI "
@@ -25,6 +25,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     from medsr.engine.infer import pick_precision
     from medsr.engine.upscale import check_outscale
     from medsr.formats import dicom
+    from medsr.formats.io import is_nifti
     from medsr.models import weights
 
     ext = None if args.ext is None else "." + args.ext.lower().lstrip(".")
@@ -42,13 +43,10 @@ def run_upscale(args: argparse.Namespace) -> int:
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
     ranks, device = ranks_and_device(args.device)
     pick_precision(args.precision, device)  # an impossible precision is refused before any model loads
-    bars: dict[Path, tqdm] = {}
+    shown = Progress()
 
-    def progress(source: Path, done: int, total: int) -> None:
-        if source not in bars:
-            bars.clear()
-            bars[source] = tqdm(desc=source.name, total=total, unit="tile", leave=False, disable=None)
-        bars[source].update(done - bars[source].n)
+    def progress(source: Path, done: int, total: int) -> None:  # a volume counts its slices, an image its tiles
+        shown(source, source.name, "slice" if is_nifti(source) else "tile", done, total)
 
     results = batch.upscale_files(plan, model=args.model, outscale=args.outscale, tile=args.tile, device=device,
                                   precision=args.precision, options=options, overwrite=args.overwrite,
@@ -63,8 +61,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     failed, start = 0, time.perf_counter()
     try:
         for result in tqdm(results, total=len(plan), desc="images", unit="img", disable=len(plan) < 2 or None):
-            for bar in bars.values():
-                bar.close()
+            shown.close()
             if result.ok:
                 used[f"{result.model} x{result.scale:g} {result.precision}"] += 1
                 stack = f", {result.frames} frames each" if result.frames > 1 else ""
