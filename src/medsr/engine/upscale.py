@@ -240,9 +240,10 @@ def _upscale_image(image: Image, *, model: str | Path | SRModel | torch.nn.Modul
     if out_h >= height and out_w >= width:
         found = measure(sr if levels is None else np.rint(sr * levels) / levels, image.pixels,
                         value_range=(low, high), tolerance=tolerance)
-    if found is not None and not consistency and found.exceeds(tolerance):  # asked raw: given raw, and said
-        log.warning("%s: model %s: the raw output does not average back to the input: %s (consistency off)",
-                    source, name, ", ".join(found.exceeds(tolerance)))
+    if found is not None and not consistency and found.exceeds(tolerance):  # asked raw: given raw
+        if not allow_inconsistent:  # said, unless the caller accepted it already (evaluate projects it itself)
+            log.warning("%s: model %s: the raw output does not average back to the input: %s (consistency off)",
+                        source, name, ", ".join(found.exceeds(tolerance)))
     elif found is not None and not allow_inconsistent and found.exceeds(tolerance):
         raise ConsistencyError(f"{source}: model {name}: the output does not average back to the input: "
                                f"{', '.join(found.exceeds(tolerance))}; nothing written (the allow-inconsistent "
