@@ -6,6 +6,7 @@ were made so)."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -93,7 +94,11 @@ def test_nothing_outside_the_opened_folders_can_be_read(tmp_path):
 
 def test_another_interface_needs_the_token(tmp_path):
     data = folders(tmp_path)
-    assert web.token_for("127.0.0.1") is None and web.token_for("::1") is None and web.token_for("localhost") is None
+    # the loopback needs it too (other users of the machine reach it), unless asked not to
+    assert web.token_for("127.0.0.1") and web.token_for("::1")
+    assert web.token_for("127.0.0.1", no_token=True) is None and web.token_for("localhost", no_token=True) is None
+    with pytest.raises(ValueError, match="without a token is for the loopback"):
+        web.token_for("0.0.0.0", no_token=True)
     token = web.token_for("0.0.0.0")
     assert token and len(token) >= 24 and web.token_for("0.0.0.0") != token  # random each time
     client = local_client(web.viewer_app(view.open_collection([data / "inputs"]), token=token))
@@ -106,6 +111,9 @@ def test_another_interface_needs_the_token(tmp_path):
     local = local_client(web.viewer_app(view.open_collection([data / "inputs"])))
     assert local.get("/api/items").status_code == 200
     assert local.get("/api/items", headers={"host": "evil.example"}).status_code == 400
+    # bound to another loopback address, the printed URL's host is accepted
+    other = local_client(web.viewer_app(view.open_collection([data / "inputs"]), host="127.0.0.2"))
+    assert other.get("/api/items", headers={"host": "127.0.0.2:8765"}).status_code == 200
 
 
 def test_the_maps_and_the_dial(tmp_path, tiny_pair):
@@ -458,9 +466,16 @@ def test_the_readme_commands_serve_until_stopped(tmp_path, command):
     process = subprocess.Popen([sys.executable, "-m", "medsr.cli", *args, "--port", str(port), "--no-browser"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        url = ""
+        while process.poll() is None and "serving on" not in url:  # the URL, with its token, as a user reads it
+            url = process.stdout.readline()
+        token = re.search(r"\?token=([\w-]+)", url)
+        assert token, url
         for _ in range(300):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/{probe}", timeout=2) as response:
+                separator = "&" if "?" in probe else "?"
+                probe_url = f"http://127.0.0.1:{port}/{probe}{separator}token={token[1]}"
+                with urllib.request.urlopen(probe_url, timeout=2) as response:
                     body = json.loads(response.read())
                 break
             except OSError:
@@ -473,7 +488,7 @@ def test_the_readme_commands_serve_until_stopped(tmp_path, command):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
-    assert f"serving on http://127.0.0.1:{port}/ (Ctrl+C stops)" in out
+    assert f"serving on http://127.0.0.1:{port}/?token={token[1]} (Ctrl+C stops)" in url + out
 
 
 def test_study_crops_are_shown_in_the_images_window(tmp_path):
@@ -485,3 +500,43 @@ def test_study_crops_are_shown_in_the_images_window(tmp_path):
     study.build({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "s.sqlite", regions=1, size=64)
     shown = study.crop(tmp_path / "s.sqlite", 1, "left")
     assert shown.min() == pytest.approx(0, abs=1e-6) and shown.max() == pytest.approx(1, abs=1e-6)
+
+
+def test_a_file_turned_into_a_link_after_opening_is_not_served(tmp_path):
+    """Paths are resolved again at every request: a listed file replaced by a link to a file outside
+    the opened folders (after the server started) is refused, as is a report whose figures/ links out."""
+    data = folders(tmp_path)
+    secret = tmp_path / "secret.png"
+    PILImage.fromarray(np.full((8, 8), 200, np.uint8)).save(secret)
+    collection = view.open_collection([data / "inputs"])
+    client = local_client(web.viewer_app(collection))
+    assert client.get("/api/info/0/0").status_code == 200
+    listed = collection.file(0, 0)
+    listed.unlink()
+    listed.symlink_to(secret)
+    assert client.get("/api/info/0/0").status_code == 403
+    assert client.get("/api/image/0/0").status_code == 403
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("{}")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(outside / "eye0.png")
+    (report / "figures").symlink_to(outside)
+    with pytest.raises(ValueError, match="no images to view"):
+        view.open_collection([report])
+
+
+def test_study_answers_are_bounded_and_checked(tmp_path):
+    data = folders(tmp_path)
+    study.build({"good": data / "outputs", "dark": data / "outputs2"}, tmp_path / "s.sqlite", size=32)
+    client = local_client(web.study_app(tmp_path / "s.sqlite"))
+    headers = {"content-type": "application/json"}
+    big = b'{"reader": "' + b"x" * (web.MAX_BODY + 10) + b'"}'
+    assert client.post("/api/answer", content=big, headers=headers).status_code == 413
+    deep = b"[" * 20_000 + b"]" * 20_000  # 40 KB: within the bound, deeper than the parser goes
+    assert client.post("/api/answer", content=deep, headers=headers).status_code == 400
+    for reader in (["a", "b"], {"name": "a"}):
+        body = json.dumps({"reader": reader, "question": 1, "choice": "left"})
+        response = client.post("/api/answer", content=body, headers=headers)
+        assert response.status_code == 400 and "reader and choice must be text" in response.json()["error"]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 def _serving_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface (default 127.0.0.1, this machine only; any other needs the printed token)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1, this machine only)")
+    parser.add_argument("--no-token", action="store_true",
+                        help="on the loopback, serve without the token of the printed URL (then any user of this "
+                             "machine can read what is opened)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
 
@@ -27,9 +29,9 @@ def run_view(args: argparse.Namespace) -> int:
     collection = view.open_collection(args.paths)
     print(f"{len(collection.items)} image(s) in {len(collection.layers)} layer(s): "
           + ", ".join(layer.name for layer in collection.layers))
-    token = web.token_for(args.host)
-    web.serve(web.viewer_app(collection, token=token, device=args.device), host=args.host, port=args.port,
-              token=token, open_browser=not args.no_browser, announce=print)
+    token = web.token_for(args.host, no_token=args.no_token)
+    web.serve(web.viewer_app(collection, token=token, device=args.device, host=args.host), host=args.host,
+              port=args.port, token=token, open_browser=not args.no_browser, announce=print)
     return 0
 
 
@@ -57,8 +59,8 @@ def run_study(args: argparse.Namespace) -> int:
         return 0
     if args.action == "serve":
         _check_port(args.port)
-        token = web.token_for(args.host)
-        web.serve(web.study_app(args.study, token=token), host=args.host, port=args.port, token=token,
+        token = web.token_for(args.host, no_token=args.no_token)
+        web.serve(web.study_app(args.study, token=token, host=args.host), host=args.host, port=args.port, token=token,
                   open_browser=not args.no_browser, announce=print)
         return 0
     found = study.results(args.study)

@@ -1,7 +1,8 @@
 """The local web apps of `medsr view` and `medsr study serve` (Starlette, served by uvicorn).
 
-Safe by default: bound to 127.0.0.1; on any other interface every request must carry a random
-token (in the URL the command prints, then in a cookie), as Jupyter does. Files are addressed by
+Safe by default: bound to 127.0.0.1, and every request must carry a random token (in the URL the
+command prints, then in a cookie), as Jupyter does: other users of a shared machine reach the
+loopback too. ``--no-token`` serves without one, on the loopback only. Files are addressed by
 their number in what was opened, never by a path from the page, so nothing outside the opened
 folders can be read.
 """
@@ -9,6 +10,7 @@ folders can be read.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import secrets
 import webbrowser
@@ -59,9 +61,35 @@ def _errors(handler):
             return await handler(request)
         except (IndexError, KeyError, FileNotFoundError) as exc:
             return JSONResponse({"error": str(exc) or "not found"}, status_code=404)
+        except BodyTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        except PermissionError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=403)
+        except RecursionError:
+            return JSONResponse({"error": "nested too deeply"}, status_code=400)
         except (ValueError, ImageError, OverflowError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
     return wrapped
+
+
+MAX_BODY = 64 * 1024  # an answer is a few hundred bytes
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, refused by its declared length and while it streams past ``MAX_BODY``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise BodyTooLarge(f"a body of {int(declared):,} bytes; at most {MAX_BODY:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BodyTooLarge(f"a body of more than {MAX_BODY:,} bytes")
+    return bytes(body)
 
 
 def _png(data: bytes) -> Response:
@@ -84,7 +112,8 @@ def _number(request: Request, name: str, default: float | None = None) -> float:
 # medsr view
 
 
-def viewer_app(collection: view.Collection, *, token: str | None = None, device: str = "cpu") -> Starlette:
+def viewer_app(collection: view.Collection, *, token: str | None = None, device: str = "cpu",
+               host: str = "127.0.0.1") -> Starlette:
     async def page(request: Request):
         return HTMLResponse(_page("view.html"))
 
@@ -121,23 +150,24 @@ def viewer_app(collection: view.Collection, *, token: str | None = None, device:
               Route("/api/image/{item:int}/{layer:int}", _errors(image)),
               Route("/api/map/{item:int}/{layer:int}/{kind:str}", _errors(detail_map)),
               Route("/api/dial/{item:int}/{layer:int}", _errors(dial))]
-    return Starlette(routes=routes, middleware=_middleware(token))
+    return Starlette(routes=routes, middleware=_middleware(token, host))
 
 
-def _middleware(token: str | None) -> list[Middleware]:
-    """With a token: the token. Without (the loopback): only this machine's own host names, so that a
-    page of another site cannot reach the server through a name that resolves to 127.0.0.1 (DNS
-    rebinding)."""
+def _middleware(token: str | None, host: str = "127.0.0.1") -> list[Middleware]:
+    """With a token: the token. Without (the loopback, asked for): only this machine's own host names
+    and the address served on, so that a page of another site cannot reach the server through a name
+    that resolves to the loopback (DNS rebinding)."""
     if token:
         return [Middleware(_Token, token=token)]
-    return [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])]
+    names = ["127.0.0.1", "localhost", "[::1]", "::1", host, f"[{host}]"]
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=list(dict.fromkeys(names)))]
 
 
 # ---------------------------------------------------------------------------------------------
 # medsr study serve
 
 
-def study_app(path: Path, *, token: str | None = None) -> Starlette:
+def study_app(path: Path, *, token: str | None = None, host: str = "127.0.0.1") -> Starlette:
     study.settings(path)  # a missing or foreign file is refused before serving
 
     async def page(request: Request):
@@ -161,9 +191,11 @@ def study_app(path: Path, *, token: str | None = None) -> Starlette:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             # a page of another site can only send forms and plain text without asking first
             return JSONResponse({"error": "send the answer as application/json"}, status_code=415)
-        body = await request.json()
+        body = json.loads(await _bounded_body(request))
         if not isinstance(body, dict):
             raise ValueError("send a JSON object")
+        if not isinstance(body.get("reader", ""), str) or not isinstance(body.get("choice", ""), str):
+            raise ValueError("reader and choice must be text")
         artefacts = body.get("artefacts") or {}
         seconds = body.get("seconds")
         study.answer(path, reader=str(body.get("reader", "")), question_id=body.get("question"),
@@ -175,7 +207,7 @@ def study_app(path: Path, *, token: str | None = None) -> Starlette:
     routes = [Route("/", page), Route("/api/next", _errors(next_question)),
               Route("/api/crop/{question:int}/{side:str}", _errors(crop)),
               Route("/api/answer", _errors(answer), methods=["POST"])]
-    return Starlette(routes=routes, middleware=_middleware(token))
+    return Starlette(routes=routes, middleware=_middleware(token, host))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,9 +223,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def token_for(host: str) -> str | None:
-    """A random token where the app is reachable from other machines; none on the loopback."""
-    return None if is_loopback(host) else secrets.token_urlsafe(24)
+def token_for(host: str, *, no_token: bool = False) -> str | None:
+    """A random token, which every request must carry: other users of a shared machine (a hospital
+    workstation, a cluster's login node) reach the loopback too, as Jupyter knows. ``no_token`` serves
+    without one, on the loopback only."""
+    if no_token:
+        if not is_loopback(host):
+            raise ValueError(f"host {host}: serving without a token is for the loopback (127.0.0.1) only")
+        return None
+    return secrets.token_urlsafe(24)
 
 
 def serve(app: Starlette, *, host: str, port: int, token: str | None, open_browser: bool,

@@ -46,16 +46,23 @@ class Collection:
     items: tuple[Item, ...]
 
     def file(self, item: int, layer: int) -> Path:
-        """The file of ``item`` in ``layer``; IndexError or FileNotFoundError when there is none."""
+        """The file of ``item`` in ``layer``; IndexError or FileNotFoundError when there is none, and
+        PermissionError when it now leads outside what was opened (resolved again at every request:
+        a file replaced by a link after the server started is not followed out)."""
         found = self.items[item].files[layer]
         if found is None:
             raise FileNotFoundError(f"{self.items[item].name} has no file in {self.layers[layer].name}")
-        return found
+        opened, here = self.layers[layer].root, found.resolve()
+        if not (here == opened or here.is_relative_to(opened)) or (here != opened and not opened.is_dir()):
+            raise PermissionError(f"{self.items[item].name} in {self.layers[layer].name} leads outside what was "
+                                  "opened; not served")
+        return here
 
 
 def _layer_files(root: Path) -> dict[str, Path]:
     if root.is_file():
         return {root.stem: root}
+    opened = root.resolve()
     if (root / "summary.json").is_file():  # an evaluate report: its figures
         root = root / "figures"
         files = sorted(root.glob("*.png"))
@@ -63,8 +70,8 @@ def _layer_files(root: Path) -> dict[str, Path]:
         files = image_files(root)
     keys: dict[str, Path] = {}
     for path in files:
-        if not path.resolve().is_relative_to(root.resolve()):
-            continue  # a link to a file outside the folder: nothing outside what was opened is read
+        if not path.resolve().is_relative_to(opened):
+            continue  # a link (or a linked figures/) outside the folder: nothing outside what was opened is read
         key = path.relative_to(root).with_suffix("").as_posix()
         keys.setdefault(key, path)  # a.png beside a.dcm: the first, in sorted order
     return keys
