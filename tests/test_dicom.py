@@ -117,11 +117,15 @@ def test_x4_updates_size_spacing_and_derivation(cxr12, tmp_path):
 
 
 def test_one_input_series_gives_one_output_series(cxr12, tmp_path):
+    """The same output of the same source is the same instance (an archive sees a duplicate, not a second
+    image); another output of it is another instance."""
     path, _ = cxr12
     _, first = upscale_to(path, tmp_path / "a.dcm", nearest_model())
     _, second = upscale_to(path, tmp_path / "b.dcm", nearest_model())
     assert first.SeriesInstanceUID == second.SeriesInstanceUID
-    assert first.SOPInstanceUID != second.SOPInstanceUID
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    _, other = upscale_to(path, tmp_path / "c.dcm", "bicubic-projected")
+    assert other.SOPInstanceUID != first.SOPInstanceUID
 
 
 def test_upscaled_dicom_pixels_match_medsr_output(cxr12, tmp_path, tiny_net):

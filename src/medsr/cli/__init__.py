@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from medsr.cli import evaluation, models, training, upscale, web
+from medsr.cli import evaluation, models, node, training, upscale, web
 from medsr.cli.common import error as _error
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for group in (upscale, training, evaluation, models, web):
+    for group in (upscale, training, evaluation, models, web, node):
         group.add_commands(sub)
     return parser
 

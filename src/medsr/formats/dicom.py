@@ -20,6 +20,7 @@ untouched. Colour is written as RGB, or YBR_FULL when the input was uncompressed
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +293,13 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
                  "LargestImagePixelValue"):
         if name in ds:
             delattr(ds, name)
-    ds.set_pixel_data(stored, photometric, bits, generate_instance_uid=True)
+    ds.set_pixel_data(stored, photometric, bits, generate_instance_uid=False)
+    # the same output of the same source gets the same UID (a series sent twice is one derived series to
+    # an archive); any change to the pixels (another model, setting or version) gives another
+    pixels_digest = hashlib.sha256(np.ascontiguousarray(stored).tobytes()).hexdigest()
+    known = str(source.get("SOPInstanceUID") or "")
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[known, pixels_digest, _derivation(image, scale_y, scale_x)]) \
+        if known else generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if not ds.get("SOPClassUID") and ds.file_meta.get("MediaStorageSOPClassUID"):  # anonymisers empty it
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
