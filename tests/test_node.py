@@ -190,3 +190,43 @@ def test_the_command_receives_upscales_and_stops_on_ctrl_c(tmp_path):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+def test_the_derived_instance_says_what_archives_expect(tmp_path):
+    """PS3.3 of a derived image: derivation code DCM 113085, the source image with purpose DCM 121322,
+    the source series, the processing equipment (DCM 109102), a series description that says so."""
+    import medsr
+
+    [ds] = _ct_series(1)
+    ds.SeriesDescription = "Thorax 3mm"
+    ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    medsr.write_image(tmp_path / "out.dcm", medsr.upscale(tmp_path / "in.dcm", model="lanczos-projected", outscale=2))
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert out.DerivationCodeSequence[0].CodeValue == "113085"
+    assert out.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    assert out.ReferencedSeriesSequence[0].SeriesInstanceUID == ds.SeriesInstanceUID
+    equipment = out.ContributingEquipmentSequence[-1]
+    assert equipment.Manufacturer == "medsr" and equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert out.SeriesDescription == "Thorax 3mm (medsr super-resolution)" and len(out.SeriesDescription) <= 64
+    assert list(out.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+
+
+def test_dciodvfy_finds_nothing_new_in_a_derived_image(tmp_path):
+    """dicom3tools' validator, as archives check: every finding on the output is one it has on the source."""
+    import shutil
+    import subprocess
+
+    import medsr
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (Debian: dicom3tools; .ci/run installs it)")
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("CT_small.dcm")
+    medsr.write_image(tmp_path / "out.dcm", medsr.upscale(source, model="lanczos-projected", outscale=2))
+
+    def findings(path) -> set[str]:
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        return {line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("Error", "Warning"))}
+
+    assert findings(tmp_path / "out.dcm") - findings(source) == set()

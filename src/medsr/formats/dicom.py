@@ -320,8 +320,10 @@ def derived_dataset(image: Image | list[Image]) -> Dataset:
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        reference.PurposeOfReferenceCodeSequence = [_code("121322", "Source image for image processing operation")]
         ds.SourceImageSequence = [reference]
     description = _derivation(image, scale_y, scale_x)
+    _derived_series_tags(ds, source, description)
     # an anonymiser may empty the UIDs: then each file is its own series, never merged with strangers
     series = str(source.get("SeriesInstanceUID") or source.get("SOPInstanceUID") or generate_uid())
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series, description])
@@ -388,6 +390,38 @@ def _move_position(position: Dataset, orientation: Dataset, measures: Dataset, s
     moved = (origin + (1 / scale_x - 1) / 2 * col_spacing * cosines[:3]
              + (1 / scale_y - 1) / 2 * row_spacing * cosines[3:])
     position.ImagePositionPatient = [f"{v:.10g}"[:16] for v in moved]
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    """A DICOM code of the DCM scheme (PS3.16)."""
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+    return code
+
+
+def _derived_series_tags(ds: Dataset, source: Dataset, description: str) -> None:
+    """What archives and viewers expect of a derived series (PS3.3): how it was derived (DCM 113085
+    "Spatial resampling": no DICOM code names super-resolution), which series it came from, the
+    equipment that made it, and a series description that says so."""
+    from medsr.core.version import __version__
+
+    ds.DerivationCodeSequence = [_code("113085", "Spatial resampling")]
+    if source.get("SeriesInstanceUID") and source.get("SOPClassUID") and source.get("SOPInstanceUID"):
+        instance = Dataset()
+        instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+        series = Dataset()
+        series.SeriesInstanceUID = source.SeriesInstanceUID
+        series.ReferencedInstanceSequence = [instance]
+        ds.ReferencedSeriesSequence = [series]
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = [_code("109102", "Processing Equipment")]
+    equipment.Manufacturer = "medsr"
+    equipment.SoftwareVersions = __version__
+    equipment.ContributionDescription = description[:1024]
+    ds.ContributingEquipmentSequence = [*source.get("ContributingEquipmentSequence", []), equipment]
+    suffix = " (medsr super-resolution)"
+    earlier = str(source.get("SeriesDescription", "") or "").removesuffix(suffix)
+    ds.SeriesDescription = (earlier[: 64 - len(suffix)] + suffix).strip()
 
 
 def _derivation(image: Image, scale_y: float, scale_x: float) -> str:
