@@ -230,3 +230,42 @@ def test_dciodvfy_finds_nothing_new_in_a_derived_image(tmp_path):
         return {line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("Error", "Warning"))}
 
     assert findings(tmp_path / "out.dcm") - findings(source) == set()
+
+
+def test_the_derived_series_is_sent_on_by_c_store(tmp_path):
+    """--send-to: a second Storage SCP (pynetdicom, as a PACS) receives every derived instance."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    pacs.supported_contexts = AllStoragePresentationContexts
+    pacs_port = _port()
+    server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        config = NodeConfig(storage=tmp_path / "s", output=tmp_path / "o", stable_after=0.0, device="cpu",
+                            model="lanczos-projected", precision="fp32", send_to=f"PACS@127.0.0.1:{pacs_port}")
+        node = Node(config=config)
+        series = _ct_series(2)
+        for ds in series:
+            node.store(ds, ds.file_meta)
+        node.process_stable()
+        assert len(received) == 2 and {d.StudyInstanceUID for d in received} == {series[0].StudyInstanceUID}
+        assert all(d.SeriesInstanceUID != series[0].SeriesInstanceUID for d in received)
+    finally:
+        server.shutdown()
+    # the archive gone: the series is moved aside with the reason, and nothing is lost
+    again = NodeConfig(storage=tmp_path / "s2", output=tmp_path / "o2", stable_after=0.0, device="cpu",
+                       model="lanczos-projected", precision="fp32", send_to=f"PACS@127.0.0.1:{pacs_port}")
+    node = Node(config=again)
+    for ds in series:
+        node.store(ds, ds.file_meta)
+    node.process_stable()
+    assert "the association was not accepted" in (tmp_path / "s2/failed" / series[0].SeriesInstanceUID /
+                                                  "reason.txt").read_text()
+    with pytest.raises(ValueError, match="AET@HOST:PORT"):
+        NodeConfig(storage=tmp_path, output=tmp_path, send_to="nowhere")

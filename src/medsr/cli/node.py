@@ -13,7 +13,8 @@ def run_node(args: argparse.Namespace) -> int:
     fit_threads(args.threads)
     config = NodeConfig(storage=args.storage, output=args.output, ae_title=args.ae_title, port=args.port,
                         bind=args.bind, allow=tuple(args.allow), stable_after=args.stable_after,
-                        outscale=args.outscale, model=args.model, device=args.device, precision=args.precision)
+                        outscale=args.outscale, model=args.model, device=args.device, precision=args.precision,
+                        send_to=args.send_to)
     print(f"DICOM node {config.ae_title} on {config.bind}:{config.port} (Ctrl+C stops); derived series into "
           f"{config.output}", flush=True)
     try:
@@ -27,6 +28,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     node = sub.add_parser("dicom-node", help="a DICOM Storage SCP that upscales each series it receives")
     node.add_argument("--storage", type=Path, required=True, help="folder for received instances and the queue")
     node.add_argument("--output", type=Path, required=True, help="folder for the derived series (one per series)")
+    node.add_argument("--send-to", default=None, metavar="AET@HOST:PORT",
+                      help="also send each derived series there by C-STORE (a PACS, Orthanc)")
     node.add_argument("--ae-title", default="MEDSR", help="this node's AE title (default MEDSR)")
     node.add_argument("--port", type=int, default=11112, help="port (default 11112)")
     node.add_argument("--bind", default="127.0.0.1", help="interface (default 127.0.0.1, this machine only)")

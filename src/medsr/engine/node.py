@@ -13,8 +13,10 @@ Archives move images by DICOM networking (C-STORE), so medsr can sit where a PAC
 - **Who may send**: calling AE titles in ``allow`` (any, when empty); others are rejected at
   association. Objects without pixels (reports, presentation states) are stored and never upscaled.
 
-Not yet: sending the derived series on (C-STORE SCU to a PACS, STOW-RS), a YAML configuration, and
-the tests against a real Orthanc.
+- **On to an archive**: with ``send_to`` (``AET@HOST:PORT``) the derived series is sent by C-STORE;
+  a series that cannot be sent is moved aside like a failed one, with the reason.
+
+Not yet: STOW-RS, a YAML configuration, and the tests against a real Orthanc.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class NodeConfig:
     model: str = "auto"
     device: str = "auto"
     precision: str = "auto"
+    send_to: str | None = None  # AET@HOST:PORT: where the derived series go by C-STORE
 
     def __post_init__(self) -> None:
+        if self.send_to is not None:
+            parse_destination(self.send_to)
         if not 1 <= len(self.ae_title) <= 16 or not self.ae_title.isascii():
             raise ValueError(f"ae_title {self.ae_title!r}: 1 to 16 ASCII characters")
         if not 0 <= self.port <= 65535:
@@ -116,13 +121,15 @@ class Node:
         source = self.config.storage / "incoming" / series
         images = [p for p in sorted(source.glob("*.dcm")) if _has_pixels(p)]
         started = time.perf_counter()
-        failures = []
+        failures: list[str] = []
         if images:
             target = self.config.output / series
             plan = plan_outputs(images, target)
-            failures = [r.error for r in upscale_files(plan, model=self.config.model, outscale=self.config.outscale,
-                                                       device=self.config.device, precision=self.config.precision,
-                                                       overwrite=True) if not r.ok]
+            results = upscale_files(plan, model=self.config.model, outscale=self.config.outscale,
+                                    device=self.config.device, precision=self.config.precision, overwrite=True)
+            failures = [str(r.error) for r in results if not r.ok]
+        if not failures and images and self.config.send_to:
+            failures = send_series(self.config.output / series, self.config.send_to, self.config.ae_title)
         if failures:
             self._move(source, "failed")
             (self.config.storage / "failed" / series / "reason.txt").write_text("\n".join(map(str, failures)) + "\n")
@@ -138,6 +145,39 @@ class Node:
         if target.exists():  # a series received again: the newer copy replaces the older
             shutil.rmtree(target)
         os.replace(source, target)
+
+
+def parse_destination(text: str) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` -> (AE title, host, port)."""
+    match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text)
+    if not match or not 0 < int(match[3]) <= 65535:
+        raise ValueError(f"send_to {text!r}: give AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+    return match[1], match[2], int(match[3])
+
+
+def send_series(folder: Path, destination: str, calling: str) -> list[str]:
+    """C-STORE every file of ``folder`` to ``destination``; what failed, in words (empty: all sent)."""
+    import pydicom
+    from pynetdicom import AE
+
+    title, host, port = parse_destination(destination)
+    datasets = [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))]
+    ae = AE(ae_title=calling)
+    for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate(host, port, ae_title=title)
+    if not assoc.is_established:
+        return [f"sending to {destination}: the association was not accepted"]
+    try:
+        failed = []
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if not status or int(status.Status) != SUCCESS:
+                failed.append(f"sending {ds.SOPInstanceUID} to {destination}: status "
+                              f"{hex(int(status.Status)) if status else 'none (connection lost)'}")
+        return failed
+    finally:
+        assoc.release()
 
 
 def _save_synced(dataset, path: Path) -> None:
