@@ -204,3 +204,23 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
                  "--model", "lanczos-projected"]) == 0
     out = capsys.readouterr().out
     assert "v.nii.gz: 1/3 slices, " in out and "v.nii.gz: 3/3 slices, " in out and "s left" in out
+
+
+def test_volumes_that_cannot_be_scans_are_refused_on_reading(tmp_path):
+    import nibabel
+
+    from medsr.core.image import ImageError
+    from medsr.formats.volume import read_volume
+
+    rgb = np.zeros((8, 8, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nibabel.save(nibabel.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    with pytest.raises(ImageError, match=r"rgb\.nii\.gz: datatype .* is not supported"):
+        read_volume(tmp_path / "rgb.nii.gz")
+    header = nibabel.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header["sform_code"], header["qform_code"] = 2, 0
+    header["srow_x"], header["srow_y"], header["srow_z"] = [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 3, 0]  # a voxel size of 0
+    nibabel.save(nibabel.Nifti1Image(np.ones((8, 8, 3), np.int16), None, header), tmp_path / "zero.nii.gz")
+    with pytest.raises(ImageError, match=r"zero\.nii\.gz: its affine is singular"):
+        read_volume(tmp_path / "zero.nii.gz")
+    assert main(["info", str(tmp_path / "rgb.nii.gz")]) == 1  # named, no traceback

@@ -115,11 +115,15 @@ def read_volume(path: str | Path) -> Volume:
         raise ImageError(f"{path}: a vector-valued volume {data.shape}; medsr takes 3D and 4D scans")
     if data.ndim not in (3, 4):
         raise ImageError(f"{path}: {data.ndim} dimensions {data.shape}; medsr takes 3D and 4D volumes")
+    if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8:  # RGB24, complex, ...: not a scan's values
+        raise ImageError(f"{path}: datatype {data.dtype} is not supported (integers and floats up to 64 bits)")
     if not np.issubdtype(data.dtype, np.integer) and not np.isfinite(data).all():
         raise ImageError(f"{path}: holds NaN or infinite values")
-    if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8:
-        raise ImageError(f"{path}: datatype {data.dtype} is not supported (integers and floats up to 64 bits)")
-    return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64), slope=slope, inter=inter,
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not abs(np.linalg.det(affine[:3, :3])) > 1e-12:
+        raise ImageError(f"{path}: its affine is singular (a voxel size of 0, or two axes along one direction): "
+                         "where each voxel lies is not defined")
+    return Volume(data=data, affine=affine, slope=slope, inter=inter,
                   header=image.header.copy(), source=str(path))
 
 
