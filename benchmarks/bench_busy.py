@@ -3,8 +3,9 @@
 Usage: python benchmarks/bench_busy.py [--model NAME] [--size 512] [--repeats 3]
 
 Upscales one generated size x size 16-bit image at x2 in this process, with 2 and with 1 compute
-threads, idle and while another process spins on one core (a pure Python loop); best of the
-repeats, alternating so that noise touches every case alike. Prints the CPU and the ratios busy/idle.
+threads and with what ``fit_threads`` chooses, idle and while another process spins on one core (a
+pure Python loop); best of the repeats.
+Prints the CPU and the ratios busy/idle.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 import medsr
-from medsr.engine.devices import usable_cpus
+from medsr.engine.devices import fit_threads, usable_cpus
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_compact import cpu  # noqa: E402  (the same CPU line in both benchmarks)
@@ -42,25 +43,29 @@ def main() -> None:
     image = ((image - image.min()) / np.ptp(image) * 4095).astype(np.uint16)
     model = medsr.load_model(args.model)
     timed(model, image, 2)  # warm-up: first-call allocations and kernel choices
-    best: dict[tuple[str, int], float] = {}
-    for _ in range(args.repeats):
-        for busy in (False, True):
-            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
-            try:
-                time.sleep(0.5 if busy else 0)
-                for threads in (2, 1):
-                    key = ("busy" if busy else "idle", threads)
+    best: dict[tuple[str, str], float] = {}
+    for busy in (False, True):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            time.sleep(1 if busy else 0)
+            torch.set_num_threads(2)
+            chosen = fit_threads()
+            for _ in range(args.repeats):
+                for label, threads in (("2", 2), ("1", 1), ("auto", chosen)):
+                    key = ("busy" if busy else "idle", label)
                     best[key] = min(best.get(key, float("inf")), timed(model, image, threads))
-            finally:
-                if spinner:
-                    spinner.kill()
-                    spinner.wait()
+            best[("busy" if busy else "idle", "chosen")] = chosen
+        finally:
+            if spinner:
+                spinner.kill()
+                spinner.wait()
     print(f"CPU: {cpu()}; usable CPUs {usable_cpus()}")
     print(f"{args.model}, one {args.size}x{args.size} image at x2, fp32, best of {args.repeats}:")
-    for threads in (2, 1):
-        idle, busy = best[("idle", threads)], best[("busy", threads)]
-        print(f"  {threads} thread(s): idle {idle:.3f} s, beside a busy process {busy:.3f} s, "
-              f"busy/idle {busy / idle:.2f}")
+    for label in ("2", "1", "auto"):
+        idle, busy = best[("idle", label)], best[("busy", label)]
+        chosen = f" (idle: {best[('idle', 'chosen')]:g}, busy: {best[('busy', 'chosen')]:g})" if label == "auto" else ""
+        print(f"  {label} thread(s){chosen}: idle {idle:.3f} s, beside a busy process {busy:.3f} s, "
+              f"busy/idle {busy / idle:.2f}; against the idle auto {busy / best[('idle', 'auto')]:.2f}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,27 @@ def test_affinity_bounds_without_a_quota(tmp_path, monkeypatch):
     assert devices._cgroup_cpu_quota() is None and devices.usable_cpus() == 1
 
 
+def test_a_busy_machine_gets_fewer_threads(monkeypatch):
+    for name in devices.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    import psutil
+
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [97.0, 12.0, 100.0, 100.0])
+    torch.set_num_threads(2)
+    assert devices.busy_cpus() == 1  # one of this process's CPUs is taken (the others are not its own)
+    assert devices.fit_threads() == 1
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [100.0, 100.0, 0.0, 0.0])
+    torch.set_num_threads(2)
+    assert devices.fit_threads() == 1  # overloaded: still one
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [3.0, 8.0, 100.0, 100.0])
+    torch.set_num_threads(2)
+    assert devices.fit_threads() == 2  # its own CPUs idle: both
+
+
 def test_fit_threads_uses_the_room_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "busy_cpus", lambda: 0)
     monkeypatch.setattr(devices, "usable_cpus", lambda: 1)
     for name in devices.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)

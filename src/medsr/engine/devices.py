@@ -158,17 +158,39 @@ def _quota_in(group: Path, v2: bool) -> float | None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+BUSY_SAMPLE = 0.25  # seconds over which the other processes' CPU use is read
+
+
+def busy_cpus() -> int:
+    """CPUs of this process's affinity that other work keeps busy now: their use over a quarter of a
+    second, in whole CPUs (0 where it cannot be read). Read before this process computes, it counts
+    the others; unlike the load average it does not remember a run that just ended."""
+    try:
+        mine = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mine = None
+    try:
+        use = psutil.cpu_percent(interval=BUSY_SAMPLE, percpu=True)
+    except (OSError, RuntimeError):
+        return 0
+    chosen = [use[i] for i in mine if i < len(use)] if mine else use
+    return round(sum(chosen) / 100)
+
+
 def fit_threads(threads: int | None = None) -> int:
     """Set PyTorch's compute threads: ``threads``, or where none is given (and neither
-    ``OMP_NUM_THREADS`` nor ``MKL_NUM_THREADS`` says), no more than ``usable_cpus()``. PyTorch's
-    own default counts the host's cores, which in a container or a SLURM share oversubscribes the
-    CPUs and makes every barrier wait for a descheduled thread. Returns the number in use."""
+    ``OMP_NUM_THREADS`` nor ``MKL_NUM_THREADS`` says) the CPUs this process may use
+    (``usable_cpus()``) less those other work keeps busy, at least one. PyTorch's own default
+    counts the host's cores: in a container, a SLURM share or beside another job its threads
+    outnumber the free CPUs, and every barrier waits for a descheduled thread (docs/BENCHMARKS.md:
+    2 threads beside one busy process took 2.9x their idle time, 1 thread 1.05x). Returns the number."""
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads {threads!r}: a whole number of at least 1")
         torch.set_num_threads(threads)
     elif not any(os.environ.get(name) for name in THREAD_VARIABLES):
-        torch.set_num_threads(min(torch.get_num_threads(), usable_cpus()))
+        free = max(1, usable_cpus() - busy_cpus())
+        torch.set_num_threads(min(torch.get_num_threads(), free))
     return torch.get_num_threads()
 
 
