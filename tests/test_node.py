@@ -23,18 +23,24 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 
 
+def _instance(sop_class: str) -> Dataset:
+    """An empty instance of ``sop_class`` with a new SOP Instance UID and its file meta."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
 def _ct_series(count=3, size=16):
     """A small CT series in HU (generated), one StudyInstanceUID and SeriesInstanceUID."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     rng = np.random.default_rng(0)
     slices = []
     for index in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE, generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds = _instance(CT_IMAGE)
         ds.PatientName, ds.PatientID, ds.Modality = "Node^Test", "NODE-1", "CT"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.InstanceNumber = index + 1
@@ -48,12 +54,7 @@ def _ct_series(count=3, size=16):
 
 
 def _report(series_of):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = _instance(BASIC_TEXT_SR)
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", series_of.StudyInstanceUID, generate_uid()
     ds.PatientName, ds.PatientID = "Node^Test", "NODE-1"
     return ds

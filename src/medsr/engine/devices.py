@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -58,32 +59,37 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (v2: "max")
 
 
+def _cgroups(controller: str) -> Iterator[tuple[Path, bool]]:
+    """(folder, is v2) of this process's cgroup for ``controller`` ("memory", "cpu") and each of its
+    ancestors up to the hierarchy's root (in a cgroup namespace the group is the root itself);
+    nothing off Linux."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        v2 = controllers == ""
+        if not v2 and controller not in controllers.split(","):
+            continue
+        base = CGROUP_ROOT if v2 else CGROUP_ROOT / controller
+        folder = base / path.lstrip("/")
+        for group in (folder, *folder.parents):
+            yield group, v2
+            if group == base:
+                break
+
+
 def _cgroup_room() -> int | None:
     """The least room under the memory limits of this process's cgroup and its ancestors: limit
     minus usage, where page cache (file pages, active or not, which the kernel reclaims under
     pressure, as the host's MemAvailable counts them) is not counted as used. None without a limit
     (or off Linux)."""
-    try:
-        lines = PROC_CGROUP.read_text().splitlines()
-    except OSError:
-        return None
-    rooms = []
-    for line in lines:
-        if line.count(":") < 2:
-            continue
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # cgroup v2
-            names, base = ("memory.max", "memory.current", ("inactive_file", "active_file")), CGROUP_ROOT
-        elif "memory" in controllers.split(","):  # cgroup v1's memory hierarchy
-            names, base = ("memory.limit_in_bytes", "memory.usage_in_bytes",
-                           ("total_inactive_file", "total_active_file")), CGROUP_ROOT / "memory"
-        else:
-            continue
-        folder = base / path.lstrip("/")
-        for group in (folder, *folder.parents):  # in a cgroup namespace the group is the root itself
-            rooms.append(_room_in(group, *names))
-            if group == base:
-                break
+    v2_names = ("memory.max", "memory.current", ("inactive_file", "active_file"))
+    v1_names = ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_inactive_file", "total_active_file"))
+    rooms = [_room_in(group, *(v2_names if v2 else v1_names)) for group, v2 in _cgroups("memory")]
     found = [room for room in rooms if room is not None]
     return min(found) if found else None
 
@@ -122,25 +128,7 @@ def _cgroup_cpu_quota() -> float | None:
     """CPUs' worth of time per period that this process's cgroup (or an ancestor) allows; None
     without a quota. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"); v1: ``cpu.cfs_quota_us``
     over ``cpu.cfs_period_us`` (-1 for none)."""
-    try:
-        lines = PROC_CGROUP.read_text().splitlines()
-    except OSError:
-        return None
-    quotas = []
-    for line in lines:
-        if line.count(":") < 2:
-            continue
-        _, controllers, path = line.split(":", 2)
-        v2 = controllers == ""
-        if not v2 and "cpu" not in controllers.split(","):
-            continue
-        base = CGROUP_ROOT if v2 else CGROUP_ROOT / "cpu"
-        folder = base / path.lstrip("/")
-        for group in (folder, *folder.parents):
-            quotas.append(_quota_in(group, v2))
-            if group == base:
-                break
-    found = [q for q in quotas if q is not None]
+    found = [q for q in (_quota_in(group, v2) for group, v2 in _cgroups("cpu")) if q is not None]
     return min(found) if found else None
 
 
