@@ -33,6 +33,20 @@ def _fp32_unless_testing_bf16(request: pytest.FixtureRequest, monkeypatch: pytes
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
 
 
+@pytest.fixture(autouse=True)
+def _threads_as_they_were(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The command line sets PyTorch's threads from the CPUs free now (``fit_threads``): in tests that
+    would depend on what else the machine does, and leak into the tests after. Here the machine is
+    taken as idle (tests/test_threads.py checks the busy case) and the thread count is restored."""
+    before = torch.get_num_threads()
+    if not request.module.__name__.endswith("test_threads"):
+        from medsr.engine import devices
+
+        monkeypatch.setattr(devices, "busy_cpus", lambda: 0)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_net() -> torch.nn.Module:
     torch.manual_seed(0)

@@ -73,12 +73,15 @@ def test_the_layout_is_srvggnetcompacts():
     # SRVGGNetCompact (realesr-general-x4v3): body.0 conv, body.1 PReLU, ..., body.{2n+2} the last conv
     net = compact("compact-s", channels=1, scale=2)
     num_feat, num_conv = COMPACT_PRESETS["compact-s"]
-    keys = list(net.state_dict())
+    keys = [k for k in net.state_dict() if k != "input_gain"]
     assert keys[:3] == ["body.0.weight", "body.0.bias", "body.1.weight"]
     assert keys[-2:] == [f"body.{2 * num_conv + 2}.weight", f"body.{2 * num_conv + 2}.bias"]
     assert net.state_dict()[keys[-2]].shape == (1 * 2 * 2, num_feat, 3, 3)
     state = net.state_dict()
     assert is_compact_state(state)
+    # upstream's SRVGGNetCompact has the same keys but no input gain (nearest skip, gain 1): another
+    # network, which medsr leaves to spandrel
+    assert not is_compact_state({k: v for k, v in state.items() if k != "input_gain"})
     rebuilt = compact_from_state_dict(state)
     assert (rebuilt.num_feat, rebuilt.num_conv, rebuilt.scale, rebuilt.channels) == (num_feat, num_conv, 2, 1)
 

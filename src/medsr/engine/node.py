@@ -198,7 +198,10 @@ def _has_pixels(path: Path) -> bool:
 
 def application_entity(node: Node):
     """A pynetdicom AE that stores every storage SOP class and admits the allowed callers."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    try:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+    except ImportError:
+        raise ValueError("the DICOM node needs pynetdicom: pip install 'medsr[node]'") from None
 
     ae = AE(ae_title=node.config.ae_title)
     ae.supported_contexts = AllStoragePresentationContexts

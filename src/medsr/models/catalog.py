@@ -92,7 +92,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr CT model: a compact network (76 k parameters) trained for the values contract on CT "
                     "and MR slices (docs/models/ct-fidelity.md), x2",
         packaged="volume-x2.safetensors",
-        sha256="2fccf7f97547eebf590d487e8c0d7d7769cbe2479bbaee85a599933824a323fa",
+        sha256="28a8dba2fc2bc80cec7be1a4bbeedc53d025dda733cf95bb6c7bc773f2454bd4",
         domain=CT,
     ),
     "mri-fidelity": ModelSpec(
@@ -102,7 +102,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         description="medsr MR model: the same compact network as ct-fidelity, trained on CT and MR slices "
                     "(docs/models/ct-fidelity.md), x2",
         packaged="volume-x2.safetensors",
-        sha256="2fccf7f97547eebf590d487e8c0d7d7769cbe2479bbaee85a599933824a323fa",
+        sha256="28a8dba2fc2bc80cec7be1a4bbeedc53d025dda733cf95bb6c7bc773f2454bd4",
         domain=MR,
     ),
 }

@@ -41,6 +41,8 @@ INPUT_GAIN = 16.0
 class CompactSR(nn.Module):
     """(B, C, H, W) in [0, 1] -> (B, C, H * scale, W * scale); block means equal the input."""
 
+    input_gain: torch.Tensor
+
     def __init__(self, *, channels: int = 1, scale: int = 2, num_feat: int = 48, num_conv: int = 12,
                  consistent: bool = True) -> None:
         super().__init__()
@@ -49,6 +51,9 @@ class CompactSR(nn.Module):
                              f"num_conv={num_conv}): channels 1 or 3, scale 2-4, sizes >= 1")
         self.channels, self.scale, self.num_feat, self.num_conv = channels, scale, num_feat, num_conv
         self.consistent = consistent
+        # kept in the weights: it tells medsr's compact files from upstream SRVGGNetCompact ones (whose
+        # skip is nearest-neighbour at gain 1: the same keys otherwise, another network)
+        self.register_buffer("input_gain", torch.tensor(INPUT_GAIN))
         layers: list[nn.Module] = [nn.Conv2d(channels, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
         for _ in range(num_conv):
             layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
@@ -60,11 +65,12 @@ class CompactSR(nn.Module):
         self.body = nn.ModuleList([*layers, last])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x * INPUT_GAIN
+        gain = self.input_gain.to(x.dtype)
+        out = x * gain
         for layer in self.body:
             out = layer(out)
         y = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        y = y + F.pixel_shuffle(out, self.scale) / INPUT_GAIN
+        y = y + F.pixel_shuffle(out, self.scale) / gain
         if self.consistent:  # y + A+ (x - A y): each block's mean becomes its input pixel
             y = y + F.interpolate(x - F.avg_pool2d(y, self.scale), scale_factor=self.scale, mode="nearest")
         return y
@@ -78,14 +84,16 @@ def compact(preset: str, *, channels: int = 1, scale: int = 2) -> CompactSR:
 
 
 def is_compact_state(state: dict[str, torch.Tensor]) -> bool:
-    """The keys and shapes of SRVGGNetCompact: ``body.0`` a 3x3 convolution, ``body.1`` a PReLU."""
+    """medsr's compact network: SRVGGNetCompact's keys and shapes (``body.0`` a 3x3 convolution,
+    ``body.1`` a PReLU) and its ``input_gain`` (upstream's files, without it, go to spandrel)."""
     first, act = state.get("body.0.weight"), state.get("body.1.weight")
-    return first is not None and act is not None and first.ndim == 4 and act.ndim == 1
+    return "input_gain" in state and first is not None and act is not None and first.ndim == 4 and act.ndim == 1
 
 
 def compact_from_state_dict(state: dict[str, torch.Tensor]) -> CompactSR:
     """A CompactSR shaped for ``state`` (SRVGGNetCompact's layout): its sizes read from the tensors."""
-    convs = sorted(int(key.split(".")[1]) for key in state if key.endswith(".weight") and state[key].ndim == 4)
+    convs = sorted(int(key.split(".")[1]) for key in state
+                   if key.startswith("body.") and key.endswith(".weight") and state[key].ndim == 4)
     if not convs or convs != list(range(0, convs[-1] + 1, 2)):
         raise ValueError("not an SRVGGNetCompact layout (body.{even} convolutions, body.{odd} PReLU)")
     first, last = state["body.0.weight"], state[f"body.{convs[-1]}.weight"]

@@ -53,7 +53,7 @@ def tensor_digest(checkpoint: dict) -> str:
     for part in SEALED:
         for name, tensor in sorted((checkpoint.get(part) or {}).items()):
             digest.update(f"{part}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
