@@ -40,6 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--outscale", type=float, default=2.0, help="scale of the derived series (default 2)")
     node.add_argument("--model", default="auto", help="auto (by Modality, as upscale), a known name or a checkpoint")
     node.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    node.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    node.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                      help="network precision (default: auto, as for upscale)")
     node.add_argument("--threads", type=int, default=None, metavar="N", help="CPU compute threads")
     node.set_defaults(run=run_node)
