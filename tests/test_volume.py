@@ -15,7 +15,7 @@ from torch.nn import functional as F
 import medsr
 from medsr.cli import main
 from medsr.core.image import ImageError
-from medsr.formats.volume import Volume, _as_dtype, read_volume, scaled_affine, write_volume
+from medsr.formats.volume import Volume, as_dtype, read_volume, scaled_affine, write_volume
 from medsr.nets.rrdbnet import rrdbnet
 
 from .conftest import shared_image
@@ -125,8 +125,8 @@ def test_datatypes_round_trip_and_values_are_kept(tmp_path, dtype):
 
 def test_integers_are_rounded_and_never_wrap():
     values = np.array([-300.0, -128.4, 0.5, 1.5, 127.6, 200.0])  # rint: half to even
-    np.testing.assert_array_equal(_as_dtype(values, np.dtype(np.int8)), [-128, -128, 0, 2, 127, 127])
-    assert _as_dtype(values, np.dtype(np.float32)).dtype == np.float32
+    np.testing.assert_array_equal(as_dtype(values, np.dtype(np.int8)), [-128, -128, 0, 2, 127, 127])
+    assert as_dtype(values, np.dtype(np.float32)).dtype == np.float32
 
 
 def test_4d_volumes_go_through_every_time_point(tmp_path):

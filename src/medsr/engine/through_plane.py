@@ -35,7 +35,7 @@ from medsr.core.consistency import Consistency, enforce, measure
 from medsr.core.image import ImageError
 from medsr.core.resize import resize_lanczos
 from medsr.engine.infer import upscale_tensor
-from medsr.formats.volume import Volume, _as_dtype, largest_spacing_axis, scaled_affine
+from medsr.formats.volume import Volume, as_dtype, largest_spacing_axis, scaled_affine
 from medsr.models.model import SRModel
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def upscale_through_plane(volume: Volume, model: SRModel, *, factor: int, axis: 
         out = np.stack([resize_lanczos(plane[None], plane.shape[0], plane.shape[1] * factor)[0] for plane in unit])
     levels = span if np.issubdtype(volume.data.dtype, np.integer) else None
     projected, found = _project(out, unit, factor, levels)
-    data = _as_dtype(np.moveaxis(projected.astype(np.float64) * span + low, 2, axis), volume.data.dtype)
+    data = as_dtype(np.moveaxis(projected.astype(np.float64) * span + low, 2, axis), volume.data.dtype)
     return replace(volume, data=data, affine=scaled_affine(volume.affine, {axis: factor}), model=model.name,
                    consistency=found)
 

@@ -251,7 +251,7 @@ def upscale_volume(volume: Volume, run: Callable[[Image, tuple[float, float]], I
     out_h, out_w = outputs[0].size
     stacked = np.stack([o.pixels[0] for o in outputs], axis=2).astype(np.float64) * span + low
     stacked = stacked.reshape(out_h, out_w, *moved.shape[2:])
-    data = _as_dtype(stacked, volume.data.dtype)
+    data = as_dtype(stacked, volume.data.dtype)
     inplane = [a for a in (0, 1, 2) if a != axis]
     scales = {inplane[0]: out_h / moved.shape[0], inplane[1]: out_w / moved.shape[1]}
     return replace(volume, data=np.moveaxis(data, 2, axis), affine=scaled_affine(volume.affine, scales),
@@ -285,7 +285,7 @@ def _forms(volume: Volume) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, in
     return qform, sform
 
 
-def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Floats stay floats; integers are rounded and clipped to the type (never wrapped)."""
     if np.issubdtype(dtype, np.floating):
         return values.astype(dtype)
