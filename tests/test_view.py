@@ -540,3 +540,17 @@ def test_study_answers_are_bounded_and_checked(tmp_path):
         body = json.dumps({"reader": reader, "question": 1, "choice": "left"})
         response = client.post("/api/answer", content=body, headers=headers)
         assert response.status_code == 400 and "reader and choice must be text" in response.json()["error"]
+
+
+def test_study_results_never_replace_earlier_results_unasked(tmp_path, capsys):
+    data = folders(tmp_path)
+    study.build({"good": data / "outputs", "dark": data / "outputs2"}, tmp_path / "s.sqlite", size=32)
+    out = tmp_path / "results"
+    assert main(["study", "results", str(tmp_path / "s.sqlite"), "-o", str(out)]) == 0
+    first = (out / "results.html").read_bytes()
+    (out / "results.html").write_bytes(b"my notes")
+    assert main(["study", "results", str(tmp_path / "s.sqlite"), "-o", str(out)]) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert (out / "results.html").read_bytes() == b"my notes"
+    assert main(["study", "results", str(tmp_path / "s.sqlite"), "-o", str(out), "--overwrite"]) == 0
+    assert (out / "results.html").read_bytes() == first

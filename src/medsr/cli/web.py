@@ -63,6 +63,9 @@ def run_study(args: argparse.Namespace) -> int:
         web.serve(web.study_app(args.study, token=token, host=args.host), host=args.host, port=args.port, token=token,
                   open_browser=not args.no_browser, announce=print)
         return 0
+    written = [args.output / name for name in ("results.json", "results.html")] if args.output else []
+    if any(path.exists() for path in written) and not args.overwrite:  # before any work, nothing replaced
+        raise ValueError(f"{args.output}: already holds results (use --overwrite to replace them)")
     found = study.results(args.study)
     print(f"{found['answers']} answers to {found['questions']} questions by {len(found['readers'])} reader(s)")
     for method, v in found["pooled"].items():
@@ -110,4 +113,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sr = ssub.add_parser("results", help="preferences with 95%% intervals, per reader and pooled, and agreement")
     sr.add_argument("study", type=Path)
     sr.add_argument("-o", "--output", type=Path, default=None, help="folder for results.json and results.html")
+    sr.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     st.set_defaults(run=run_study)
