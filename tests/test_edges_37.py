@@ -224,3 +224,27 @@ def test_volumes_that_cannot_be_scans_are_refused_on_reading(tmp_path):
     with pytest.raises(ImageError, match=r"zero\.nii\.gz: its affine is singular"):
         read_volume(tmp_path / "zero.nii.gz")
     assert main(["info", str(tmp_path / "rgb.nii.gz")]) == 1  # named, no traceback
+
+
+def test_evaluate_volumes_reports_a_broken_one_and_evaluates_the_rest(tmp_path, capsys):
+    import json
+
+    import nibabel
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    data = np.cumsum(np.random.default_rng(0).normal(0, 50, (16, 16, 4)), axis=0).astype(np.int16)
+    nibabel.save(nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])), folder / "good.nii.gz")
+    (folder / "broken.nii.gz").write_bytes(b"not a volume")
+    assert main(["evaluate", str(folder), "--protocol", "volume-x2", "--baselines", "bicubic,lanczos-projected",
+                 "--slices", "2", "--figures", "0", "-o", str(tmp_path / "report")]) == 1
+    captured = capsys.readouterr()
+    assert "broken.nii.gz: cannot read as NIfTI" in captured.err
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["settings"]["images"] == 2 and summary["settings"]["skipped"] == 1
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 3), np.int16), np.diag([1.0, 1.0, 3.0, 1.0])),
+                 blank / "empty.nii.gz")
+    assert main(["evaluate", str(blank), "--protocol", "volume-x2", "-o", str(tmp_path / "r2")]) == 2
+    assert "empty.nii.gz: every slice holds a single value" in capsys.readouterr().err

@@ -46,8 +46,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.max_images < 0 or args.figures < 0 or args.slices < 1:
         raise ValueError(f"--max-images {args.max_images}, --figures {args.figures}, --slices {args.slices}: "
                          "need 0 or more images and figures, and at least one slice")
+    unreadable: list[str] = []  # volumes that cannot be read: reported, the others evaluated
+
+    def unread(message: str) -> None:
+        unreadable.append(message)
+        _error(message)
+
     if protocol.volume:
-        samples = [s for folder in args.data for s in ev.find_slices(folder, per_volume=args.slices, axis=args.axis)]
+        samples = [s for folder in args.data
+                   for s in ev.find_slices(folder, per_volume=args.slices, axis=args.axis, on_error=unread)]
     else:
         samples = [s for folder in args.data for s in ev.find_samples(folder)]
     samples = samples[: args.max_images or None]
@@ -61,7 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     lpips, lpips_status = ev.lpips_metric()
     options = ev.Options(protocol=protocol, fit=args.fit, ssim_convention=args.ssim, lpips=lpips,
                          consistency=args.consistency)
-    failed = []
+    failed = list(unreadable) if not ranks or ranks.get_rank() == 0 else []  # said once under torchrun
     share = samples[ranks.get_rank():: ranks.get_world_size()] if ranks else samples
     bar = tqdm(total=len(share), disable=None, desc="images", unit="img")  # "images 3/40 [..., a.png: cxr]"
 

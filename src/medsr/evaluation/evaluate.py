@@ -72,28 +72,36 @@ class Sample:
     axis: int | None = None
 
 
-def find_slices(folder: str | Path, *, per_volume: int = 8, axis: int | None = None) -> list[Sample]:
+def find_slices(folder: str | Path, *, per_volume: int = 8, axis: int | None = None,
+                on_error: Callable[[str], None] | None = None) -> list[Sample]:
     """volume-x2: ``per_volume`` slices, evenly spaced, of each NIfTI volume in ``folder`` (or the
     file itself), across its slice axis (the largest spacing; isotropic volumes: ``axis``, else k),
-    leaving out slices that hold a single value (background)."""
+    leaving out slices that hold a single value (background). A volume that cannot be read is
+    reported through ``on_error`` and left out (raised without one)."""
     folder = Path(folder)
     paths = [folder] if folder.is_file() else image_files(folder, volumes=True)
-    samples = []
+    samples, blank = [], []
     for path in (p for p in paths if is_nifti(p)):
-        volume = read_volume(path)
+        try:
+            volume = read_volume(path)
+        except ImageError as exc:
+            if on_error is None:
+                raise
+            on_error(str(exc))
+            continue
         chosen = reading_axis(volume.spacing) if axis is None else slice_axis(volume, axis)
         data = np.moveaxis(volume.data, chosen, 2)
         useful = [k for k in range(data.shape[2]) if np.ptp(data[:, :, k]) > 0]
+        if not useful:
+            blank.append(path.name)
+            continue
         picked = [useful[int(i)] for i in np.linspace(0, len(useful) - 1, min(per_volume, len(useful)))]
         stem = path.name.removesuffix(".gz").removesuffix(".nii")
         samples += [Sample(name=f"{stem}-{'ijk'[chosen]}{k:03d}", image=path, slice=k, axis=chosen) for k in picked]
     if not samples:
-        raise ValueError(f"{folder}: no NIfTI volumes (.nii, .nii.gz) for the volume protocol")
+        said = f" ({', '.join(blank)}: every slice holds a single value)" if blank else ""
+        raise ValueError(f"{folder}: no NIfTI volumes (.nii, .nii.gz) with content for the volume protocol{said}")
     return samples
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
 
 
 def _annotated(folder: Path, images: str, labels: str, label_name: Callable[[Path], str]) -> list[Sample] | None:
