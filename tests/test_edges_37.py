@@ -248,3 +248,16 @@ def test_evaluate_volumes_reports_a_broken_one_and_evaluates_the_rest(tmp_path, 
                  blank / "empty.nii.gz")
     assert main(["evaluate", str(blank), "--protocol", "volume-x2", "-o", str(tmp_path / "r2")]) == 2
     assert "empty.nii.gz: every slice holds a single value" in capsys.readouterr().err
+
+
+def test_an_isotropic_volume_without_axis_is_a_usage_error_naming_the_option(tmp_path, capsys):
+    import nibabel
+
+    data = np.random.default_rng(0).integers(0, 100, (8, 8, 8)).astype(np.int16)
+    image = nibabel.Nifti1Image(data, np.eye(4))
+    image.header.set_xyzt_units(xyz=0)  # units not stated
+    nibabel.save(image, tmp_path / "iso.nii.gz")
+    assert main(["upscale", str(tmp_path / "iso.nii.gz"), "-o", str(tmp_path / "out.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "1 x 1 x 1 (units not stated) is isotropic" in err and "--axis 0, 1 or 2" in err
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -237,8 +237,8 @@ def test_cli_upscales_and_describes_a_volume(tmp_path, capsys):
     assert "a volume is written as NIfTI" in capsys.readouterr().err
     iso = save_nifti(tmp_path / "iso.nii.gz", smooth_volume((8, 12, 16)), np.eye(4))
     assert main(["upscale", str(iso), "-o", str(tmp_path / "iso_x2.nii.gz"),
-                 "--model", str(tmp_path / "tiny.safetensors")]) == 1
-    assert "has no largest axis to take as the slice axis" in capsys.readouterr().err
+                 "--model", str(tmp_path / "tiny.safetensors")]) == 2  # the arguments: a usage error
+    assert "is isotropic: there is no slice axis to take; give --axis" in capsys.readouterr().err
     assert main(["upscale", str(iso), "-o", str(tmp_path / "iso_x2.nii.gz"), "--outscale", "2", "--axis", "0",
                  "--model", str(tmp_path / "tiny.safetensors")]) == 0
     assert nibabel.load(tmp_path / "iso_x2.nii.gz").shape == (8, 24, 32)

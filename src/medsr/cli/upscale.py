@@ -41,6 +41,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     index, count = (batch.shard_from_environment(slurm=args.shard == "auto") if args.shard in (None, "auto")
                     else parse_shard(args.shard))
     plan = batch.shard(batch.plan_outputs(args.inputs, args.output, ext=ext), index, count)
+    if args.axis is None and not args.through_plane:
+        _check_slice_axes([source for source, _ in plan.pairs if is_nifti(source)])
     ranks, device = ranks_and_device(args.device)
     pick_precision(args.precision, device)  # an impossible precision is refused before any model loads
     shown = Progress()
@@ -96,6 +98,28 @@ def run_upscale(args: argparse.Namespace) -> int:
         print("added detail and consistency (RMS, 8-bit levels; maps beside each output, see the README):")
         print("\n".join(scores))
     return 1 if failed else 0
+
+
+def _check_slice_axes(volumes: list[Path]) -> None:
+    """An isotropic volume has no slice axis to take: a usage error naming --axis, before any work
+    (from the headers alone; a file that cannot be read is left to its own error)."""
+    import nibabel
+
+    from medsr.formats.volume import largest_spacing_axis
+
+    for path in volumes:
+        try:
+            header = nibabel.load(path).header
+            assert isinstance(header, nibabel.Nifti1Header)  # NIfTI-1 and -2 (others fail on reading)
+            sizes = tuple(float(z) for z in header.get_zooms()[:3])
+            unit = header.get_xyzt_units()[0]
+        except Exception:  # nibabel raises many types for a damaged file: upscaling it will name the problem
+            continue
+        if len(sizes) == 3 and largest_spacing_axis(sizes) is None:
+            shown = " x ".join(f"{s:g}" for s in sizes) + (f" {unit}" if unit and unit != "unknown" else
+                                                          " (units not stated)")
+            raise ValueError(f"{path}: voxel spacing {shown} is isotropic: there is no slice axis to take; give "
+                             "--axis 0, 1 or 2 (i, j or k)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
