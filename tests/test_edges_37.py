@@ -261,3 +261,16 @@ def test_an_isotropic_volume_without_axis_is_a_usage_error_naming_the_option(tmp
     err = capsys.readouterr().err
     assert "1 x 1 x 1 (units not stated) is isotropic" in err and "--axis 0, 1 or 2" in err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_float_volume_is_not_called_16_bit(caplog):
+    import medsr
+    from medsr.engine import upscale as engine
+    from medsr.formats.volume import Volume
+
+    engine._warn_once.cache_clear()
+    volume = Volume(data=np.random.default_rng(0).normal(0, 1, (16, 16, 2)).astype(np.float32),
+                    affine=np.diag([1.0, 1.0, 3.0, 1.0]))
+    medsr.upscale(volume, model="mri-fidelity", outscale=2, precision="fp32", device="cpu")
+    said = " ".join(r.getMessage() for r in caplog.records if "outside it" in r.getMessage())
+    assert "floating-point values" in said and "16-bit" not in said

@@ -326,7 +326,7 @@ def _warn_out_of_domain(model: SRModel, image: Image) -> None:
     if model.domain is None:  # a foreign or home-made model: its training data is not known
         return
     mismatch = model.domain.mismatch(modality=image.modality, channels=image.pixels.shape[0],
-                                     bit_depth=image.bit_depth)
+                                     bit_depth=None if image.continuous else image.bit_depth)
     if mismatch:
         _warn_once(model.name, model.domain.description, mismatch)
 

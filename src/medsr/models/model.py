@@ -42,14 +42,17 @@ class Domain:
     channels: tuple[int, ...] = (1, 3)
     bit_depths: tuple[int, ...] = (8,)
 
-    def mismatch(self, *, modality: str | None, channels: int, bit_depth: int) -> str | None:
-        """What about an image lies outside the domain, in words; None when nothing does."""
+    def mismatch(self, *, modality: str | None, channels: int, bit_depth: int | None) -> str | None:
+        """What about an image lies outside the domain, in words; None when nothing does.
+        ``bit_depth`` None: floating-point values (a float volume), which no model here was trained on."""
         found = []
         if modality is not None and modality not in self.modalities:
             found.append(f"DICOM Modality {modality}")
         if channels not in self.channels:
             found.append("gray" if channels == 1 else "colour")
-        if bit_depth not in self.bit_depths:
+        if bit_depth is None:
+            found.append("floating-point values")
+        elif bit_depth not in self.bit_depths:
             found.append(f"{bit_depth}-bit")
         return ", ".join(found) or None
 
