@@ -41,6 +41,14 @@ class Progress:
         self.bar, self.item = None, None
 
 
+def add_threads_option(parser) -> None:
+    """``--threads N``, the same for every command that computes (``fit_threads`` reads it)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU compute threads (default: the CPUs this process may use -- its affinity and its "
+                             "cgroup's CPU quota -- less those other processes keep busy, unless OMP_NUM_THREADS "
+                             "says)")
+
+
 def error(message: str) -> None:
     from tqdm import tqdm
 

@@ -6,8 +6,8 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medsr.cli.common import add_threads_option, ranks_and_device
 from medsr.cli.common import error as _error
-from medsr.cli.common import ranks_and_device
 
 
 def parse_region(text: str | None, size: int) -> tuple[int, int, int, int] | None:
@@ -233,9 +233,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                          "for medsr view and medsr study build --report")
     ev.add_argument("--region", default=None, metavar="X,Y,W,H", help="magnified region in GT pixels")
     ev.add_argument("--tile", type=int, default=None, help="LR tile side (default: auto)")
-    ev.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="CPU compute threads (default: the CPUs this process may use: its affinity and its "
-                         "cgroup's CPU quota, unless OMP_NUM_THREADS says)")
+    add_threads_option(ev)
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="network precision (default: auto, as for upscale)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medsr.cli.common import add_threads_option
+
 
 def run_node(args: argparse.Namespace) -> int:
     from medsr.engine.devices import fit_threads
@@ -42,5 +44,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     node.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                       help="network precision (default: auto, as for upscale)")
-    node.add_argument("--threads", type=int, default=None, metavar="N", help="CPU compute threads")
+    add_threads_option(node)
     node.set_defaults(run=run_node)

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from medsr.cli.common import Progress, ranks_and_device
+from medsr.cli.common import Progress, add_threads_option, ranks_and_device
 from medsr.cli.common import error as _error
 
 RANGE_HELP = ("stored values that mean black and white, for non-DICOM files: auto (what the file says, else the "
@@ -221,9 +221,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="upscale only share K (0-based) of N of the files; auto: this Slurm array task's "
                          "share (default: torchrun's rank under torchrun, else all)")
     up.add_argument("--tile", type=int, default=None, help="LR tile side in pixels; 0 = no tiling (default: auto)")
-    up.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="CPU compute threads (default: the CPUs this process may use: its affinity and its "
-                         "cgroup's CPU quota, unless OMP_NUM_THREADS says)")
+    add_threads_option(up)
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="network precision (default: auto = bf16 on a CPU with native bf16, else fp32 on CPU; "

@@ -191,7 +191,8 @@ def _has_pixels(path: Path) -> bool:
     import pydicom
 
     try:
-        return "PixelData" in pydicom.dcmread(path, stop_before_pixels=False, specific_tags=["PixelData"])
+        # deferred: the element is found, its bytes are not read (the upscale reads them once)
+        return "PixelData" in pydicom.dcmread(path, defer_size=256, specific_tags=["PixelData"])
     except Exception:  # a file the node itself wrote: unreadable means no image to upscale
         return False
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from medsr.models.model import Domain
 
@@ -95,16 +95,6 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         sha256="28a8dba2fc2bc80cec7be1a4bbeedc53d025dda733cf95bb6c7bc773f2454bd4",
         domain=CT,
     ),
-    "mri-fidelity": ModelSpec(
-        name="mri-fidelity",
-        preset="compact-s",
-        architecture="CompactSR",
-        description="medsr MR model: the same compact network as ct-fidelity, trained on CT and MR slices "
-                    "(docs/models/ct-fidelity.md), x2",
-        packaged="volume-x2.safetensors",
-        sha256="28a8dba2fc2bc80cec7be1a4bbeedc53d025dda733cf95bb6c7bc773f2454bd4",
-        domain=MR,
-    ),
 }
 
 
@@ -128,5 +118,11 @@ AUTO: dict[str, AutoChoice] = {
     "mr": AutoChoice("mri-fidelity", "it gained +1.45 dB over lanczos-projected on held-out MR slices, +0.8 to "
                                      "+1.3 dB through-plane on another site's (docs/models/ct-fidelity.md)"),
 }
+# MR: the same file as ct-fidelity (one network trained on both), declaring MR as its domain
+KNOWN_MODELS["mri-fidelity"] = replace(
+    KNOWN_MODELS["ct-fidelity"], name="mri-fidelity", domain=MR,
+    description="medsr MR model: the same compact network as ct-fidelity, trained on CT and MR slices "
+                "(docs/models/ct-fidelity.md), x2")
+
 # The two models of a modality that the fidelity dial blends (``--fidelity`` with ``--model auto``)
 DIAL_MODELS = {"chest-xray": "cxr", "fundus": "retina"}
